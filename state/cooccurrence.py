@@ -1,0 +1,97 @@
+"""Online item co-occurrence, the collaborative signal in the blend.
+
+Each positive interaction pairs the item with the user's few previous positives. Increments
+are buffered and folded into a sparse matrix in vectorised batches, and the row-normalised
+matrix (``P(j | i)``) is what ranking multiplies with a user's recent items.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import scipy.sparse as sp  # type: ignore[import-untyped]
+
+
+class CoOccurrence:
+    """Symmetric decayed co-occurrence counts between catalogue rows."""
+
+    def __init__(
+        self, half_life_s: float, rebuild_every: int = 200_000, fold_interval_s: float = 1.0
+    ) -> None:
+        self.half_life_ms = half_life_s * 1000.0
+        self.rebuild_every = rebuild_every
+        self.fold_interval_s = fold_interval_s
+        self._folded_at = 0.0
+        self._counts: sp.csr_matrix = sp.csr_matrix((0, 0), dtype=np.float32)
+        self._normalised: sp.csr_matrix | None = None
+        self._rows: list[int] = []
+        self._cols: list[int] = []
+        self._built_at_ms = 0.0
+        self.now_ms = 0.0
+
+    def observe(self, recent_rows: list[int], row: int, ts_ms: int) -> None:
+        """Pair ``row`` with each of ``recent_rows`` (the user's previous positives)."""
+        for other in recent_rows:
+            if other != row:
+                self._rows += (other, row)
+                self._cols += (row, other)
+        self.now_ms = max(self.now_ms, float(ts_ms))
+        if len(self._rows) >= self.rebuild_every:
+            self._fold()
+
+    def transition(self, n: int) -> sp.csr_matrix:
+        """Row-normalised ``(n, n)`` matrix: entry ``(i, j)`` ~ P(next positive is j | i)."""
+        # Folding is O(nnz): do it at most once per ``fold_interval_s``, not per ranking batch.
+        if self._rows and time.monotonic() - self._folded_at >= self.fold_interval_s:
+            self._fold()
+        if self._normalised is None or self._normalised.shape[0] != n:
+            counts = self._resized(self._counts, n)
+            sums = np.asarray(counts.sum(axis=1)).ravel()
+            inv = np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)
+            self._normalised = sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ counts)
+        return self._normalised
+
+    def scores(self, recent: list[list[tuple[int, float]]], n: int) -> sp.csr_matrix:
+        """``(len(recent), n)`` sparse collaborative scores, each row scaled to max 1."""
+        data: list[float] = []
+        indices: list[int] = []
+        indptr = [0]
+        for items in recent:
+            for row, weight in items:
+                if row < n:
+                    indices.append(row)
+                    data.append(weight)
+            indptr.append(len(indices))
+        users = sp.csr_matrix(
+            (np.asarray(data, dtype=np.float32), np.asarray(indices, dtype=np.int32), indptr),
+            shape=(len(recent), n),
+        )
+        out: sp.csr_matrix = sp.csr_matrix(users @ self.transition(n))
+        row_max = out.max(axis=1).toarray().ravel()
+        inv = np.divide(1.0, row_max, out=np.zeros_like(row_max), where=row_max > 0)
+        return sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ out)
+
+    def _fold(self) -> None:
+        n = max(self._counts.shape[0], max(self._rows, default=-1) + 1)
+        counts = self._resized(self._counts, n)
+        if self._built_at_ms and self.now_ms > self._built_at_ms:
+            counts = counts * np.float32(
+                np.exp2(-(self.now_ms - self._built_at_ms) / self.half_life_ms)
+            )
+        fresh = sp.csr_matrix(
+            (np.ones(len(self._rows), dtype=np.float32), (self._rows, self._cols)), shape=(n, n)
+        )
+        self._counts = sp.csr_matrix(counts + fresh)
+        self._built_at_ms = self.now_ms
+        self._rows, self._cols = [], []
+        self._normalised = None
+        self._folded_at = time.monotonic()
+
+    @staticmethod
+    def _resized(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
+        if matrix.shape[0] >= n:
+            return matrix[:n, :n] if matrix.shape[0] > n else matrix
+        out = matrix.copy()
+        out.resize((n, n))
+        return sp.csr_matrix(out)

@@ -1,0 +1,134 @@
+"""The recommender's in-process core: catalogue + signals + per-user state updates + ranking.
+
+Workers drive it from Kafka batches; the evaluation harness drives it from a replay. It does no
+I/O, so both see exactly the same maths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from state.catalogue import Catalogue
+from state.cooccurrence import CoOccurrence
+from state.interest import (
+    POSITIVE_TYPES,
+    UserState,
+    Vector,
+    add_to_vector,
+    apply_event,
+    normalised,
+    resolve_pending,
+)
+from state.popularity import Popularity
+from state.ranking import BlendWeights, CandidateIndex, Ranked, Ranker, RankRequest
+
+#: Recent positives that feed co-occurrence, the collaborative score and explanations.
+RECENT_POSITIVES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    interest_half_life_s: float = 7 * 24 * 3600.0
+    popularity_half_life_s: float = 24 * 3600.0
+    weights: BlendWeights = BlendWeights()
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """An event as the engine needs it (already validated)."""
+
+    user_id: str
+    event_type: str
+    item_id: str | None
+    ts_ms: int
+    dwell_ms: float | None = None
+    partition: int = 0
+    offset: int = 0
+
+
+class Engine:
+    """Applies interactions to user states and ranks users against the catalogue."""
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        config: EngineConfig | None = None,
+        index: CandidateIndex | None = None,
+    ) -> None:
+        self.catalogue = catalogue
+        self.config = config or EngineConfig()
+        self.popularity = Popularity(self.config.popularity_half_life_s)
+        self.cooccurrence = CoOccurrence(self.config.popularity_half_life_s)
+        self.ranker = Ranker(self.popularity, self.cooccurrence, self.config.weights, index)
+
+    def new_state(self) -> UserState:
+        return UserState.empty(self.catalogue.dim, self.catalogue.version)
+
+    def apply(self, state: UserState, event: Interaction) -> bool:
+        """Apply ``event`` unless its Kafka position says it already was; return whether applied.
+
+        Idempotent under re-delivery: the state's watermark advances with each applied event.
+        """
+        if state.seen(event.partition, event.offset):
+            return False
+        self._ensure_version(state)
+        recent = [self.catalogue.row(h.item_id) for h in state.positives(RECENT_POSITIVES)]
+        item_vec = self.catalogue.vector(event.item_id) if event.item_id else None
+        entry = apply_event(
+            state,
+            event_type=event.event_type,
+            item_id=event.item_id,
+            ts_ms=event.ts_ms,
+            dwell_ms=event.dwell_ms,
+            item_vec=item_vec,
+            half_life_s=self.config.interest_half_life_s,
+        )
+        state.partition, state.offset = event.partition, event.offset
+        if entry is not None and event.item_id is not None:
+            row = self.catalogue.row(event.item_id)
+            if row is not None:
+                self.popularity.add(row, entry.weight, event.ts_ms)
+                if entry.event_type in POSITIVE_TYPES:
+                    self.cooccurrence.observe(
+                        [r for r in recent if r is not None], row, event.ts_ms
+                    )
+        if state.pending:
+            resolve_pending(
+                state,
+                self.catalogue.lookup({h.item_id for h in state.pending}),
+                self.config.interest_half_life_s,
+            )
+        return True
+
+    def request(self, user_id: str, state: UserState) -> RankRequest:
+        """What ranking needs from ``state``."""
+        self._ensure_version(state)
+        return RankRequest(
+            user_id=user_id,
+            vec=normalised(state.vec),
+            exclude=state.consumed(),
+            recent=[(h.item_id, h.weight) for h in state.positives(RECENT_POSITIVES)],
+        )
+
+    def rank(self, users: Sequence[tuple[str, UserState]], k: int) -> list[Ranked]:
+        """Top-``k`` for each ``(user_id, state)``."""
+        return self.rank_requests([self.request(u, s) for u, s in users], k)
+
+    def rank_requests(self, requests: Sequence[RankRequest], k: int) -> list[Ranked]:
+        """Top-``k`` per request; touches no user state, so it may run in a worker thread."""
+        return self.ranker.rank(self.catalogue.snapshot(), requests, k, self.catalogue.titles)
+
+    def _ensure_version(self, state: UserState) -> None:
+        """Re-embed a user from history when the encoder changed (never mix two versions)."""
+        if state.model_version == self.catalogue.version:
+            return
+        state.vec = np.zeros(self.catalogue.dim, dtype=np.float32)
+        state.ts_ms = 0
+        for h in state.history:
+            vec: Vector | None = self.catalogue.vector(h.item_id)
+            if vec is not None and h.weight:
+                add_to_vector(state, vec, h.weight, h.ts_ms, self.config.interest_half_life_s)
+        state.model_version = self.catalogue.version

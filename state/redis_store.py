@@ -1,0 +1,214 @@
+"""The Redis side of the contract: every key name, every Lua script, every write.
+
+Key layout is specified in ``docs/redis-keys.md``. A user's keys share the hash tag ``{user}``
+(the braces are literal), so one Lua script can replace a user's recommendations, meta and
+state atomically and stay within one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import orjson
+import redis.asyncio as aioredis
+
+#: Replaces one user's state, top-K and meta in one atomic step, unless the Kafka watermark
+#: says this write is a re-delivery (then it returns 0 and changes nothing).
+PUBLISH_USER_LUA: Final[str] = """
+local wm_p = redis.call('HGET', KEYS[1], 'wm_partition')
+local wm_o = redis.call('HGET', KEYS[1], 'wm_offset')
+if wm_o and wm_p == ARGV[1] and tonumber(wm_o) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'vec', ARGV[4], 'events', ARGV[3], 'updated_at', ARGV[5],
+           'wm_partition', ARGV[1], 'wm_offset', ARGV[2], 'model_version', ARGV[8])
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'group', ARGV[11]) end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+if #ARGV > 11 then
+  redis.call('DEL', KEYS[2])
+  redis.call('ZADD', KEYS[2], unpack(ARGV, 12))
+  redis.call('EXPIRE', KEYS[2], ARGV[7])
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[3], 'model_version', ARGV[8], 'updated_at', ARGV[5],
+             'source', ARGV[9], 'why', ARGV[10])
+  redis.call('EXPIRE', KEYS[3], ARGV[7])
+end
+return 1
+"""
+
+#: Adds log-domain forward-decayed increments to ``sr:popular`` and trims it (see popularity.py).
+POPULAR_ADD_LUA: Final[str] = """
+for i = 2, #ARGV, 2 do
+  local cur = redis.call('ZSCORE', KEYS[1], ARGV[i + 1])
+  local inc = tonumber(ARGV[i])
+  if cur then
+    cur = tonumber(cur)
+    local hi, lo = math.max(cur, inc), math.min(cur, inc)
+    inc = hi + math.log(1 + 2 ^ (lo - hi)) / math.log(2)
+  end
+  redis.call('ZADD', KEYS[1], inc, ARGV[i + 1])
+end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[1]) - 1)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
+class Keys:
+    """The one place Redis key names are built (prefix configurable, default ``sr:``)."""
+
+    def __init__(self, prefix: str = "sr:") -> None:
+        self.prefix = prefix
+
+    def recs(self, user: str) -> str:
+        return f"{self.prefix}recs:{{{user}}}"
+
+    def recs_meta(self, user: str) -> str:
+        return f"{self.prefix}recs:{{{user}}}:meta"
+
+    def user(self, user: str) -> str:
+        return f"{self.prefix}user:{{{user}}}"
+
+    def item(self, item: str) -> str:
+        return f"{self.prefix}item:{{{item}}}"
+
+    def group_recs(self, group: str) -> str:
+        return f"{self.prefix}group:{{{group}}}:recs"
+
+    def popular(self) -> str:
+        return f"{self.prefix}popular"
+
+    def model(self) -> str:
+        return f"{self.prefix}model"
+
+    def embedding(self, content_hash: str) -> str:
+        return f"{self.prefix}emb:{content_hash}"
+
+
+@dataclass(slots=True)
+class UserWrite:
+    """One user's state and (optionally) fresh recommendations, tagged with its watermark."""
+
+    user_id: str
+    partition: int
+    offset: int
+    events: int
+    vec: bytes
+    model_version: str
+    items: Sequence[tuple[str, float]] = ()
+    why: Mapping[str, str] | None = None
+    source: str = "personal"
+    group: str = ""
+    updated_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ttls:
+    user_s: int = 30 * 24 * 3600
+    recs_s: int = 7 * 24 * 3600
+    item_s: int = 90 * 24 * 3600
+
+
+class RedisStore:
+    """Async writes and reads of the key schema; all writes of a batch go in one pipeline."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, ttls: Ttls | None = None) -> None:
+        self.client = client
+        self.keys = keys
+        self.ttls = ttls or Ttls()
+        self._publish = client.register_script(PUBLISH_USER_LUA)
+        self._popular = client.register_script(POPULAR_ADD_LUA)
+
+    @classmethod
+    def from_url(cls, url: str, keys: Keys, ttls: Ttls | None = None) -> RedisStore:
+        return cls(aioredis.Redis.from_url(url, decode_responses=False), keys, ttls)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def publish_users(self, writes: Iterable[UserWrite]) -> int:
+        """Apply ``writes`` in one round trip; return how many were new (not re-deliveries)."""
+        now_ms = int(time.time() * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        count = 0
+        for w in writes:
+            args: list[bytes | str | int | float] = [
+                w.partition,
+                w.offset,
+                w.events,
+                w.vec,
+                w.updated_at_ms or now_ms,
+                self.ttls.user_s,
+                self.ttls.recs_s,
+                w.model_version,
+                w.source,
+                orjson.dumps(w.why or {}),
+                w.group,
+            ]
+            for item_id, score in w.items:
+                args += (score if math.isfinite(score) else 0.0, item_id)
+            keys = [
+                self.keys.user(w.user_id),
+                self.keys.recs(w.user_id),
+                self.keys.recs_meta(w.user_id),
+            ]
+            await self._publish(keys=keys, args=args, client=pipe)
+            count += 1
+        if not count:
+            return 0
+        results = await pipe.execute()
+        return sum(int(r) for r in results)
+
+    async def add_popular(self, increments: Mapping[str, float], keep: int) -> None:
+        """Merge log-domain popularity increments (item -> log2 weight) into ``sr:popular``."""
+        if not increments:
+            return
+        args: list[str | float | int] = [keep]
+        for item_id, inc in increments.items():
+            args += (inc, item_id)
+        await self._popular(keys=[self.keys.popular()], args=args)
+
+    async def put_items(self, items: Iterable[tuple[str, bytes, str, str]]) -> None:
+        """Write ``(item_id, vec bytes, model_version, title)`` rows to ``sr:item:{item}``."""
+        pipe = self.client.pipeline(transaction=False)
+        for item_id, vec, version, title in items:
+            key = self.keys.item(item_id)
+            pipe.hset(key, mapping={"vec": vec, "model_version": version, "title": title})
+            pipe.expire(key, self.ttls.item_s)
+        await pipe.execute()
+
+    async def delete_items(self, item_ids: Iterable[str]) -> None:
+        keys = [self.keys.item(i) for i in item_ids]
+        if keys:
+            await self.client.delete(*keys)
+
+    async def set_model(self, version: str) -> None:
+        await self.client.hset(
+            self.keys.model(), mapping={"version": version, "updated_at": int(time.time() * 1000)}
+        )
+
+    async def read_recs(self, user: str, k: int) -> tuple[list[tuple[str, float]], dict[str, str]]:
+        """``(items, meta)`` of a user's personal list; empty when there is none."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrevrange(self.keys.recs(user), 0, k - 1, withscores=True)
+        pipe.hgetall(self.keys.recs_meta(user))
+        raw_items, raw_meta = await pipe.execute()
+        return _decode_items(raw_items), {_s(a): _s(b) for a, b in raw_meta.items()}
+
+    async def read_user(self, user: str) -> dict[str, bytes]:
+        raw: dict[bytes, bytes] = await self.client.hgetall(self.keys.user(user))
+        return {_s(a): b for a, b in raw.items()}
+
+    async def read_zset(self, key: str, k: int) -> list[tuple[str, float]]:
+        return _decode_items(await self.client.zrevrange(key, 0, k - 1, withscores=True))
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode_items(raw: Sequence[tuple[bytes | str, float]]) -> list[tuple[str, float]]:
+    return [(_s(member), float(score)) for member, score in raw]
