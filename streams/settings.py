@@ -38,6 +38,8 @@ class Settings(BaseSettings):
 
     app_id: str = "streamrec"
     partitions: int = Field(8, ge=1, le=1024)
+    session_timeout_s: float = Field(10.0, ge=1.0)
+    rebalance_timeout_s: float = Field(8.0, ge=1.0)
     batch_max_events: int = Field(2000, ge=1)
     batch_max_wait_ms: int = Field(50, ge=1)
     max_message_bytes: int = Field(64 * 1024, ge=1024)

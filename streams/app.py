@@ -1,0 +1,177 @@
+"""The Faust application: topics, the user-state table, the agents and the web page.
+
+``create_app(settings)`` builds a fresh app (no app at import time). Flow per worker:
+``items`` → encode (batched, cached) → ``item-vectors`` → every worker's catalogue;
+``events`` → user state (table + Redis) → batched ranking → Redis recommendations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+
+from streams.catalogue_sync import CatalogueSync
+from streams.processor import EventProcessor, ItemProcessor, Stats
+from streams.records import DEAD_LETTERS, EVENTS, ITEM_VECTORS, ITEMS, Limits
+from streams.runtime import Runtime
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Large enough for a 1 MB bad record to be forwarded to dead-letters intact.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+class UserTable(faust.Table):  # type: ignore[misc]
+    """User-state table whose changelog partition is the partition of the user's events.
+
+    Faust derives it from ``current_event()``, but a ``take_events`` batch spans partitions,
+    so the current event is usually some other user's; we pass the right one explicitly.
+    """
+
+    _partition_hint: int | None = None
+
+    def partition_for_key(self, key: Any) -> int | None:
+        if self._partition_hint is not None:
+            return self._partition_hint
+        return super().partition_for_key(key)  # type: ignore[no-any-return]
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None:
+        """Set ``key`` and write its changelog record to ``partition``."""
+        self._partition_hint = partition
+        try:
+            self[key] = value
+        finally:
+            self._partition_hint = None
+
+
+class StreamrecApp:
+    """One worker's Faust app and the state it carries; see the module docstring."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats = Stats()
+        (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
+        self.app = faust.App(
+            settings.app_id,
+            broker=settings.broker,
+            store="memory://",
+            autodiscover=False,
+            web_enabled=settings.web_enabled,
+            web_bind=settings.web_host,
+            web_host=settings.web_host,
+            web_port=settings.web_port,
+            topic_partitions=settings.partitions,
+            topic_allow_declare=True,
+            consumer_auto_offset_reset="earliest",
+            producer_max_request_size=MAX_REQUEST_BYTES,
+            consumer_max_fetch_size=MAX_REQUEST_BYTES,
+            broker_max_poll_records=settings.batch_max_events,
+            # Faust defaults wait seconds "for more nodes to join" before each recovery.
+            stream_recovery_delay=0.0,
+            # Tansu holds a JoinGroup for about half the rebalance timeout before answering, so
+            # Faust's 60 s default meant ~30 s from start to the first event.
+            broker_rebalance_timeout=settings.rebalance_timeout_s,
+            broker_session_timeout=settings.session_timeout_s,
+            broker_heartbeat_interval=settings.session_timeout_s / 5,
+            datadir=str(settings.data_dir / "faust"),
+            logging_config=None,
+        )
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.events_topic = self.app.topic(settings.topic(EVENTS), **raw)
+        self.items_topic = self.app.topic(settings.topic(ITEMS), **raw)
+        self.vectors_topic = self.app.topic(
+            settings.topic(ITEM_VECTORS), partitions=settings.partitions, compacting=True, **raw
+        )
+        self.dead_letters = self.app.topic(settings.topic(DEAD_LETTERS), partitions=1, **raw)
+        self.table = UserTable(
+            self.app, name="user-state", default=None, partitions=settings.partitions,
+            key_type=bytes, value_type=bytes, beacon=self.app.tables.beacon,
+        )
+        self.app.tables.add(self.table)
+        self.runtime: Runtime | None = None
+        self.ready = asyncio.Event()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank")
+        self._register()
+
+    def _register(self) -> None:
+        app, settings = self.app, self.settings
+        limits = Limits(settings.max_message_bytes, settings.max_text_chars)
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def start_runtime() -> None:
+            await self.vectors_topic.maybe_declare()
+            await self.dead_letters.maybe_declare()
+            self.runtime = await Runtime.start(settings)
+            self.sync = CatalogueSync(settings, self.runtime.engine, self.stats)
+            await self.sync.start()
+            self.ready.set()
+            log.info("streamrec worker ready: encoder %s, %d items",
+                     self.runtime.version, len(self.runtime.engine.catalogue))
+
+        @app.agent(self.events_topic, name="events")  # type: ignore[untyped-decorator]
+        async def events(stream: faust.Stream) -> None:
+            await self.ready.wait()
+            assert self.runtime is not None
+            processor = EventProcessor(
+                self.runtime, self.table, self.dead_letters, limits, settings, self.stats,
+                self.executor, self.events_topic.get_topic_name(),
+            )
+            async for batch in stream.take_events(settings.batch_max_events,
+                                                  within=settings.batch_max_wait_ms / 1000):
+                await processor.process(batch)
+
+        @app.agent(self.items_topic, name="items")  # type: ignore[untyped-decorator]
+        async def items(stream: faust.Stream) -> None:
+            await self.ready.wait()
+            assert self.runtime is not None
+            processor = ItemProcessor(self.runtime, self.vectors_topic, self.dead_letters,
+                                      limits, self.stats, self.items_topic.get_topic_name())
+            async for batch in stream.take_events(256, within=0.2):
+                await processor.process(batch)
+
+        @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+        async def heartbeat_stats() -> None:
+            self.stats.tick()
+
+        @app.page("/recs/{user}")  # type: ignore[untyped-decorator]
+        class RecsPage(View):  # type: ignore[misc]
+            async def get(self_view, request: Request, user: str) -> Response:
+                try:
+                    k = int(request.query.get("k", "10"))
+                except ValueError:
+                    return self_view.json({"error": "k must be an integer"}, status=400)
+                if not 1 <= k <= 1000:
+                    return self_view.json({"error": "k must be between 1 and 1000"}, status=400)
+                if self.runtime is None:
+                    return self_view.json({"error": "worker is starting"}, status=503)
+                recs = await self.runtime.reader.read(user, k)
+                return self_view.json(recs.as_json())
+
+        @app.page("/stats")  # type: ignore[untyped-decorator]
+        class StatsPage(View):  # type: ignore[misc]
+            async def get(self_view, request: Request) -> Response:
+                return self_view.json(self.stats.as_json())
+
+        @app.page("/healthz")  # type: ignore[untyped-decorator]
+        class Health(View):  # type: ignore[misc]
+            async def get(self_view, request: Request) -> Response:
+                ok = self.ready.is_set()
+                return self_view.json({"ready": ok}, status=200 if ok else 503)
+
+        @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
+        async def close_runtime(app: faust.App, **kwargs: Any) -> None:
+            if self.runtime is not None:
+                await self.sync.stop()
+                await self.runtime.close()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def create_app(settings: Settings) -> StreamrecApp:
+    """A fresh, unstarted streamrec worker app for ``settings``."""
+    return StreamrecApp(settings)

@@ -1,0 +1,145 @@
+"""The ``streamrec`` command: worker, produce, recs, demo, bench.
+
+Each subcommand reads the settings once, turns configuration mistakes into a one-line error and
+exit code 2, and shows progress on anything long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from streams.settings import ConfigError, Settings, load_settings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group()
+@click.version_option(package_name="streamrec")
+def main() -> None:
+    """streamrec: Kafka events -> interest vectors -> Redis recommendations."""
+
+
+@main.command()
+@click.option("--loglevel", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def worker(loglevel: str) -> None:
+    """Run one worker (one consumer-group member); run N of them to scale."""
+    from faust.worker import Worker
+
+    from streams.app import create_app
+
+    settings = _settings()
+    sapp = create_app(settings)
+    Worker(sapp.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+@main.command()
+@click.option("--topic", "-t", required=True, help="logical topic: items, events or feedback")
+@click.option("--skip-bad", is_flag=True, help="skip lines that are not keyable JSON")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def produce(topic: str, file: Path, skip_bad: bool) -> None:
+    """Publish a JSON-lines FILE to TOPIC, keyed per the topic schema."""
+    from streams.produce import ProduceError, key_field_for, produce_file
+
+    settings = _settings()
+    name = settings.topic(topic)
+    try:
+        report = produce_file(settings.bootstrap_servers, name, file, key_field_for(topic),
+                              skip_bad=skip_bad)
+    except ProduceError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"sent {report.sent} records to {name}"
+               + (f", skipped {report.skipped} bad lines" if report.skipped else ""))
+
+
+@main.command()
+@click.argument("user")
+@click.option("-k", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def recs(user: str, k: int, as_json: bool) -> None:
+    """Print what an app would read from Redis for USER."""
+    from state.reader import RecsReader
+    from streams.runtime import check_redis, make_store
+
+    settings = _settings()
+
+    async def read() -> None:
+        store = make_store(settings)
+        try:
+            await check_redis(store, settings.redis_url.get_secret_value().split("@")[-1])
+            result = await RecsReader(store, settings.popularity_half_life_s).read(user, k)
+            titles = await _titles(store, [i for i, _ in result.items])
+        finally:
+            await store.close()
+        if as_json:
+            click.echo(orjson.dumps(result.as_json()).decode())
+            return
+        click.echo(f"{user}: {result.source}, model {result.model_version or '-'}")
+        for rank, (item, score) in enumerate(result.items, 1):
+            click.echo(f"{rank:>3}. {item:<14} {score:8.3f}  {titles.get(item, '')[:60]:<60}"
+                       f"  {result.why.get(item, '')}")
+
+    try:
+        asyncio.run(read())
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _titles(store: object, items: list[str]) -> dict[str, str]:
+    from state.redis_store import RedisStore
+
+    assert isinstance(store, RedisStore)
+    pipe = store.client.pipeline(transaction=False)
+    for item in items:
+        pipe.hget(store.keys.item(item), "title")
+    values = await pipe.execute()
+    return {i: v.decode() for i, v in zip(items, values, strict=True) if v}
+
+
+@main.command()
+@click.option("--users", default=2000, show_default=True)
+@click.option("--items", "n_items", default=2000, show_default=True)
+@click.option("--rate", default=200.0, show_default=True, help="events per second")
+@click.option("--duration", default=60.0, show_default=True, help="seconds of stream (0: forever)")
+@click.option("--broker", type=click.Choice(["tansu", "apache-kafka"]), default="tansu",
+              show_default=True)
+def demo(users: int, n_items: int, rate: float, duration: float, broker: str) -> None:
+    """Embedded default: broker + Redis + worker + a generated stream, live recommendations."""
+    from streams.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(run_demo(users=users, n_items=n_items, rate=rate, duration_s=duration,
+                      broker=broker))
+
+
+@main.command()
+@click.option("--events", "n_events", default=200_000, show_default=True)
+@click.option("--items", "n_items", default=10_000, show_default=True)
+@click.option("--users", "n_users", default=100_000, show_default=True)
+@click.option("--rate", default=1000.0, show_default=True,
+              help="steady rate for the freshness phase (events/s)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object of figures")
+def bench(n_events: int, n_items: int, n_users: int, rate: float, as_json: bool) -> None:
+    """Throughput and freshness benchmark against the embedded services."""
+    from streams.bench import run_bench
+
+    logging.basicConfig(level=logging.WARNING)
+    figures = run_bench(n_events=n_events, n_items=n_items, n_users=n_users, rate=rate,
+                        quiet=as_json)
+    click.echo(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() if as_json
+               else "\n".join(f"{k:>28}: {v}" for k, v in figures.items()))

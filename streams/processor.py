@@ -1,0 +1,248 @@
+"""Batch processors behind the agents: parse, apply, rank, publish — never raise.
+
+A Faust agent that raises has its events acked and dropped silently, so everything a record can
+cause is caught here: bad input goes to dead-letters with its reason; an unavailable Redis is
+retried (the batch is not acked until it is written, so nothing acknowledged is lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import redis.exceptions
+
+from encoders.cache import content_hash
+from state.engine import Interaction
+from state.interest import StateCodecError, UserState, decode_state, encode_state, vector_bytes
+from state.interest import normalised as unit
+from state.popularity import log_add, log_increment
+from state.redis_store import UserWrite
+from streams.deadletters import dead_letter_headers
+from streams.records import InvalidRecord, Item, Limits, parse_event, parse_item
+from streams.records_vectors import ItemVector, encode_item_vector
+from streams.runtime import Runtime
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Redis outages are retried with capped exponential backoff; the batch waits, unacked.
+RETRY_MAX_S = 5.0
+_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+@dataclass
+class Stats:
+    """Counters and freshness samples exposed on ``/stats`` and used by the benchmark."""
+
+    counters: Counter[str] = field(default_factory=Counter)
+    freshness_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+    started: float = field(default_factory=time.monotonic)
+
+    def tick(self) -> None:
+        self.counters["uptime_s"] = int(time.monotonic() - self.started)
+
+    def as_json(self) -> dict[str, Any]:
+        fresh = np.asarray(self.freshness_ms, dtype=np.float64)
+        out: dict[str, Any] = dict(self.counters)
+        if fresh.size:
+            out["freshness_p50_ms"] = float(np.percentile(fresh, 50))
+            out["freshness_p99_ms"] = float(np.percentile(fresh, 99))
+        return out
+
+
+async def retry_transient(op: Callable[[], Awaitable[T]], what: str, stats: Stats) -> T:
+    """Run ``op`` until it succeeds, backing off on connection errors (never gives up)."""
+    delay = 0.1
+    while True:
+        try:
+            return await op()
+        except _TRANSIENT as exc:
+            stats.counters["redis_retries"] += 1
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+
+class DeadLetters:
+    """Sends unusable records to the dead-letter topic with the standard headers."""
+
+    def __init__(self, topic: Any, source_topic: str, stats: Stats) -> None:
+        self.topic = topic
+        self.source_topic = source_topic
+        self.stats = stats
+
+    async def send(self, message: Any, kind: str, reason: str) -> None:
+        self.stats.counters["dead_letters"] += 1
+        self.stats.counters[f"dead_letters_{kind}"] += 1
+        log.info("dead letter %s[%s]@%s: %s: %s", self.source_topic, message.partition,
+                 message.offset, kind, reason)
+        await self.topic.send(
+            key=message.key, value=message.value,
+            headers=dead_letter_headers(self.source_topic, message.partition, message.offset,
+                                        kind, reason),
+        )
+
+
+@dataclass(slots=True)
+class _Pending:
+    state: UserState
+    partition: int
+    changed: bool = False
+    produced_ms: list[float] = field(default_factory=list)
+
+
+class EventProcessor:
+    """Applies a batch of ``events`` messages and publishes the touched users once each."""
+
+    def __init__(self, runtime: Runtime, table: Any, dead_letters_topic: Any, limits: Limits,
+                 settings: Settings, stats: Stats, executor: Executor, source_topic: str) -> None:
+        self.runtime = runtime
+        self.engine = runtime.engine
+        self.table = table
+        self.dead = DeadLetters(dead_letters_topic, source_topic, stats)
+        self.limits = limits
+        self.settings = settings
+        self.stats = stats
+        self.executor = executor
+
+    async def process(self, batch: Sequence[Any]) -> None:
+        """Apply, rank and publish one batch; never raises for anything a record contains."""
+        users: dict[str, _Pending] = {}
+        popular: dict[str, float] = {}
+        for event in batch:
+            await self._apply_one(event.message, users, popular)
+        if not users:
+            return
+        for user_id, pending in users.items():
+            if pending.changed:
+                self.table.put(user_id.encode(), encode_state(pending.state), pending.partition)
+        writes = await self._rank(users)
+        store = self.runtime.store
+        await retry_transient(lambda: store.publish_users(writes), "publishing users", self.stats)
+        await retry_transient(lambda: store.add_popular(popular, self.settings.popular_size),
+                              "updating sr:popular", self.stats)
+        now_ms = time.time() * 1000
+        for pending in users.values():
+            self.stats.freshness_ms.extend(now_ms - t for t in pending.produced_ms)
+        self.stats.counters["batches"] += 1
+        self.stats.counters["users_published"] += len(writes)
+
+    async def _apply_one(self, message: Any, users: dict[str, _Pending],
+                         popular: dict[str, float]) -> None:
+        try:
+            record = parse_event(message.value, message.key, self.limits)
+        except InvalidRecord as exc:
+            await self.dead.send(message, exc.kind, str(exc))
+            return
+        pending = users.get(record.user_id)
+        if pending is None:
+            pending = users[record.user_id] = _Pending(self._load(record.user_id),
+                                                       message.partition)
+        interaction = Interaction(record.user_id, record.type, record.item_id, record.ts_ms,
+                                  record.dwell_ms, message.partition, message.offset)
+        try:
+            applied = self.engine.apply(pending.state, interaction)
+        except Exception as exc:  # a bug must cost one record, not the worker
+            log.exception("applying event failed")
+            await self.dead.send(message, "processing_error", f"{type(exc).__name__}: {exc}")
+            return
+        if not applied:
+            self.stats.counters["events_redelivered"] += 1
+            return
+        pending.changed = True
+        pending.produced_ms.append(float(message.timestamp) * 1000)
+        self.stats.counters["events_applied"] += 1
+        history = pending.state.history
+        if record.item_id and history and history[-1].weight > 0:
+            inc = log_increment(history[-1].weight, record.ts_ms,
+                                self.settings.popularity_half_life_s)
+            prev = popular.get(record.item_id)
+            popular[record.item_id] = inc if prev is None else log_add(prev, inc)
+
+    def _load(self, user_id: str) -> UserState:
+        raw = self.table.get(user_id.encode())
+        if raw is None:
+            return self.engine.new_state()
+        try:
+            return decode_state(raw)
+        except (StateCodecError, ValueError, KeyError) as exc:
+            self.stats.counters["state_decode_errors"] += 1
+            log.error("user %r: unreadable state (%s); starting afresh", user_id, exc)
+            return self.engine.new_state()
+
+    async def _rank(self, users: dict[str, _Pending]) -> list[UserWrite]:
+        requests = [self.engine.request(u, p.state) for u, p in users.items()]
+        loop = asyncio.get_running_loop()
+        ranked = await loop.run_in_executor(
+            self.executor, self.engine.rank_requests, requests, self.settings.top_k)
+        writes = []
+        for (user_id, pending), result in zip(users.items(), ranked, strict=True):
+            state = pending.state
+            writes.append(UserWrite(
+                user_id=user_id, partition=state.partition, offset=state.offset,
+                events=state.events, vec=vector_bytes(unit(state.vec)),
+                model_version=state.model_version, items=result.items, why=result.why,
+                source=result.source, group=state.group,
+            ))
+        self.stats.counters["users_ranked"] += len(writes)
+        return writes
+
+
+class ItemProcessor:
+    """Encodes a batch of ``items`` (cache first) and shares the vectors with every worker."""
+
+    def __init__(self, runtime: Runtime, vectors_topic: Any, dead_letters_topic: Any,
+                 limits: Limits, stats: Stats, source_topic: str) -> None:
+        self.runtime = runtime
+        self.vectors_topic = vectors_topic
+        self.dead = DeadLetters(dead_letters_topic, source_topic, stats)
+        self.limits = limits
+        self.stats = stats
+
+    async def process(self, batch: Sequence[Any]) -> None:
+        items: dict[str, Item] = {}
+        removed: list[bytes] = []
+        for event in batch:
+            message = event.message
+            if message.value is None and message.key:
+                removed.append(message.key)  # compacted-topic tombstone: withdraw the item
+                continue
+            try:
+                item = parse_item(message.value, message.key, self.limits)
+            except InvalidRecord as exc:
+                await self.dead.send(message, exc.kind, str(exc))
+                continue
+            items[item.item_id] = item  # latest record per item wins within a batch
+        if items:
+            await self._encode_and_share(list(items.values()))
+        for key in removed:
+            await self.vectors_topic.send(key=key, value=None)
+        if removed:
+            await retry_transient(
+                lambda: self.runtime.store.delete_items(k.decode() for k in removed),
+                "deleting items", self.stats)
+
+    async def _encode_and_share(self, items: list[Item]) -> None:
+        texts = [item.text() for item in items]
+        vectors = await retry_transient(lambda: self.runtime.embeddings.encode(texts),
+                                        "encoding items", self.stats)
+        version = self.runtime.version
+        rows = []
+        for item, text, vec in zip(items, texts, vectors, strict=True):
+            record = ItemVector(item.item_id, vec, version, item.title, item.category or "",
+                                content_hash(version, text), item.created_at_ms)
+            await self.vectors_topic.send(key=item.item_id.encode(),
+                                          value=encode_item_vector(record))
+            rows.append((item.item_id, vector_bytes(vec), version, item.title))
+        await retry_transient(lambda: self.runtime.store.put_items(rows), "writing items",
+                              self.stats)
+        self.stats.counters["items_encoded"] += len(items)

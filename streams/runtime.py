@@ -1,0 +1,106 @@
+"""What a worker builds at start-up: encoder, Redis store and reader, the recommender engine.
+
+Kept apart from the Faust app so the CLI, the benchmark and the tests can build the same
+runtime without a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+
+import redis.exceptions
+
+from encoders.batcher import MicroBatcher
+from encoders.cache import CachedEncoder, RedisCache
+from encoders.registry import resolve_model_dir
+from encoders.text import TextEncoder
+from state.catalogue import Catalogue
+from state.engine import Engine, EngineConfig
+from state.ranking import BlendWeights
+from state.reader import RecsReader
+from state.redis_store import Keys, RedisStore, Ttls
+from streams.settings import Settings
+
+
+class RedisUnavailable(RuntimeError):
+    """Redis did not answer at start-up."""
+
+
+def make_store(settings: Settings) -> RedisStore:
+    """A :class:`RedisStore` for the configured URL, prefix and TTLs."""
+    return RedisStore.from_url(
+        settings.redis_url.get_secret_value(),
+        Keys(settings.redis_prefix),
+        Ttls(user_s=settings.user_ttl_s, recs_s=settings.recs_ttl_s, item_s=settings.item_ttl_s),
+    )
+
+
+def make_engine(settings: Settings, dim: int, version: str) -> Engine:
+    """An empty :class:`Engine` for an encoder of ``dim`` dimensions and ``version``."""
+    return Engine(
+        Catalogue(dim, version),
+        EngineConfig(
+            interest_half_life_s=settings.interest_half_life_s,
+            popularity_half_life_s=settings.popularity_half_life_s,
+            weights=BlendWeights(settings.weight_content, settings.weight_collab,
+                                 settings.weight_popular),
+        ),
+    )
+
+
+async def check_redis(store: RedisStore, url_for_humans: str) -> None:
+    """Fail fast with a readable message when Redis is not reachable."""
+    try:
+        await store.client.ping()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise RedisUnavailable(
+            f"cannot reach Redis at {url_for_humans} (STREAMREC_REDIS_URL): {exc}"
+        ) from exc
+
+
+@dataclass
+class Runtime:
+    """A started worker runtime; :meth:`close` releases it."""
+
+    encoder: TextEncoder
+    batcher: MicroBatcher
+    embeddings: CachedEncoder
+    store: RedisStore
+    reader: RecsReader
+    engine: Engine
+
+    @property
+    def version(self) -> str:
+        return self.encoder.version
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Runtime:
+        """Load the encoder (off the event loop), connect Redis, build an empty engine."""
+        store = make_store(settings)
+        await check_redis(store, settings.redis_url.get_secret_value().split("@")[-1])
+        model_dir = resolve_model_dir(settings.model)
+        loop = asyncio.get_running_loop()
+        encoder = await loop.run_in_executor(
+            None, functools.partial(TextEncoder, model_dir, settings.device,
+                                    settings.encoder_max_tokens))
+        batcher = MicroBatcher(
+            functools.partial(encoder.encode, batch_size=settings.encoder_max_batch),
+            max_batch=settings.encoder_max_batch, max_wait_ms=settings.encoder_max_wait_ms,
+        )
+        await batcher.start()
+        cache = RedisCache(store.client, store.keys.embedding, settings.item_ttl_s)
+        await store.set_model(encoder.version)
+        return cls(
+            encoder=encoder,
+            batcher=batcher,
+            embeddings=CachedEncoder(batcher, encoder.version, cache),
+            store=store,
+            reader=RecsReader(store, settings.popularity_half_life_s),
+            engine=make_engine(settings, encoder.dim, encoder.version),
+        )
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        await self.store.close()
