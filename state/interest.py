@@ -42,7 +42,7 @@ POSITIVE_TYPES: Final[frozenset[str]] = frozenset({"click", "like", "share", "dw
 FULL_DWELL_MS: Final[float] = 30_000.0
 DWELL_BONUS: Final[float] = 0.8
 
-HISTORY_LEN: Final[int] = 64
+HISTORY_LEN: Final[int] = 40
 PENDING_LEN: Final[int] = 32
 _NORM_EPS: Final[float] = 1e-6
 

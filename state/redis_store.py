@@ -28,9 +28,9 @@ redis.call('HSET', KEYS[1], 'vec', ARGV[4], 'events', ARGV[3], 'updated_at', ARG
            'wm_partition', ARGV[1], 'wm_offset', ARGV[2], 'model_version', ARGV[8])
 if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'group', ARGV[11]) end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-if #ARGV > 11 then
+if ARGV[12] ~= '' then
   redis.call('DEL', KEYS[2])
-  redis.call('ZADD', KEYS[2], unpack(ARGV, 12))
+  redis.call('ZADD', KEYS[2], unpack(cjson.decode(ARGV[12])))
   redis.call('EXPIRE', KEYS[2], ARGV[7])
   redis.call('DEL', KEYS[3])
   redis.call('HSET', KEYS[3], 'model_version', ARGV[8], 'updated_at', ARGV[5],

@@ -95,6 +95,7 @@ class StreamrecApp:
         )
         self.app.tables.add(self.table)
         self.runtime: Runtime | None = None
+        self.event_processor: EventProcessor | None = None
         self.ready = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank")
         self._register()
@@ -122,6 +123,7 @@ class StreamrecApp:
                 self.runtime, self.table, self.dead_letters, limits, settings, self.stats,
                 self.executor, self.events_topic.get_topic_name(),
             )
+            self.event_processor = processor
             async for batch in stream.take_events(settings.batch_max_events,
                                                   within=settings.batch_max_wait_ms / 1000):
                 await processor.process(batch)
@@ -156,13 +158,21 @@ class StreamrecApp:
         @app.page("/stats")  # type: ignore[untyped-decorator]
         class StatsPage(View):  # type: ignore[misc]
             async def get(self_view, request: Request) -> Response:
-                return self_view.json(self.stats.as_json())
+                body = self_view.json(self.stats.as_json())
+                if request.query.get("reset") == "1":  # start a fresh freshness window
+                    self.stats.freshness_ms.clear()
+                return body
 
         @app.page("/healthz")  # type: ignore[untyped-decorator]
         class Health(View):  # type: ignore[misc]
             async def get(self_view, request: Request) -> Response:
                 ok = self.ready.is_set()
                 return self_view.json({"ready": ok}, status=200 if ok else 503)
+
+        @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
+        async def forget_states(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+            if self.event_processor is not None:
+                self.event_processor.forget()
 
         @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
         async def close_runtime(app: faust.App, **kwargs: Any) -> None:

@@ -36,6 +36,8 @@ T = TypeVar("T")
 
 #: Redis outages are retried with capped exponential backoff; the batch waits, unacked.
 RETRY_MAX_S = 5.0
+#: Decoded user states kept per worker (~4 KB each).
+CACHE_USERS = 200_000
 _TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -113,6 +115,14 @@ class EventProcessor:
         self.settings = settings
         self.stats = stats
         self.executor = executor
+        # Decoded states of this worker's users. The table is the durable copy; this saves a
+        # decode per event. Cleared on every rebalance, since a partition that leaves and comes
+        # back may have been changed by another worker meanwhile.
+        self.cache: dict[str, UserState] = {}
+
+    def forget(self) -> None:
+        """Drop cached states (call when partitions are revoked)."""
+        self.cache.clear()
 
     async def process(self, batch: Sequence[Any]) -> None:
         """Apply, rank and publish one batch; never raises for anything a record contains."""
@@ -169,15 +179,23 @@ class EventProcessor:
             popular[record.item_id] = inc if prev is None else log_add(prev, inc)
 
     def _load(self, user_id: str) -> UserState:
+        state = self.cache.get(user_id)
+        if state is not None:
+            return state
         raw = self.table.get(user_id.encode())
         if raw is None:
-            return self.engine.new_state()
-        try:
-            return decode_state(raw)
-        except (StateCodecError, ValueError, KeyError) as exc:
-            self.stats.counters["state_decode_errors"] += 1
-            log.error("user %r: unreadable state (%s); starting afresh", user_id, exc)
-            return self.engine.new_state()
+            state = self.engine.new_state()
+        else:
+            try:
+                state = decode_state(raw)
+            except (StateCodecError, ValueError, KeyError) as exc:
+                self.stats.counters["state_decode_errors"] += 1
+                log.error("user %r: unreadable state (%s); starting afresh", user_id, exc)
+                state = self.engine.new_state()
+        if len(self.cache) >= CACHE_USERS:
+            self.cache.pop(next(iter(self.cache)))
+        self.cache[user_id] = state
+        return state
 
     async def _rank(self, users: dict[str, _Pending]) -> list[UserWrite]:
         requests = [self.engine.request(u, p.state) for u, p in users.items()]
