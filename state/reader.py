@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from state.redis_store import RedisStore
+from state.store import RecsStore
 
 #: Users with fewer events than this are served their group's list when one exists (warm-up).
 GROUP_WARMUP_EVENTS = 5
@@ -43,7 +43,7 @@ class Recommendations:
 class RecsReader:
     """Reads recommendations following the fallback chain."""
 
-    def __init__(self, store: RedisStore, popularity_half_life_s: float = 24 * 3600.0) -> None:
+    def __init__(self, store: RecsStore, popularity_half_life_s: float = 24 * 3600.0) -> None:
         self.store = store
         self.popularity_half_life_s = popularity_half_life_s
 
@@ -70,7 +70,7 @@ class RecsReader:
             recs = await self._group(user, group, k)
             if recs is not None:
                 return recs
-        popular = await self.store.read_zset(self.store.keys.popular(), k)
+        popular = await self.store.read_popular(k)
         now_half_lives = time.time() * 1000 / (self.popularity_half_life_s * 1000)
         # sr:popular holds log2 forward-decayed weights; serve today's decayed weight instead.
         scored = [(i, 2.0 ** min(s - now_half_lives, 1000.0)) for i, s in popular]
@@ -82,7 +82,7 @@ class RecsReader:
         )
 
     async def _group(self, user: str, group: str, k: int) -> Recommendations | None:
-        items = await self.store.read_zset(self.store.keys.group_recs(group), k)
+        items = await self.store.read_group(group, k)
         if not items:
             return None
         return Recommendations(

@@ -202,7 +202,24 @@ class RedisStore:
         raw: dict[bytes, bytes] = await self.client.hgetall(self.keys.user(user))
         return {_s(a): b for a, b in raw.items()}
 
-    async def read_zset(self, key: str, k: int) -> list[tuple[str, float]]:
+    async def read_popular(self, k: int) -> list[tuple[str, float]]:
+        """Top ``k`` of ``sr:popular`` (log2 forward-decayed scores, see popularity.py)."""
+        return await self._read_zset(self.keys.popular(), k)
+
+    async def set_group_recs(self, group: str, items: list[tuple[str, float]]) -> None:
+        """Replace ``sr:group:{g}:recs`` atomically (MULTI/EXEC)."""
+        key = self.keys.group_recs(group)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(key)
+        if items:
+            pipe.zadd(key, dict(items))
+            pipe.expire(key, self.ttls.recs_s)
+        await pipe.execute()
+
+    async def read_group(self, group: str, k: int) -> list[tuple[str, float]]:
+        return await self._read_zset(self.keys.group_recs(group), k)
+
+    async def _read_zset(self, key: str, k: int) -> list[tuple[str, float]]:
         return _decode_items(await self.client.zrevrange(key, 0, k - 1, withscores=True))
 
 

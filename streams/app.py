@@ -137,6 +137,8 @@ class StreamrecApp:
             async for batch in stream.take_events(256, within=0.2):
                 await processor.process(batch)
 
+        self.events_agent, self.items_agent = events, items
+
         @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
         async def heartbeat_stats() -> None:
             self.stats.tick()

@@ -1,0 +1,67 @@
+"""The events agent in Faust's test context: batches applied, bad records dead-lettered."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import orjson
+
+from state.catalogue import Catalogue
+from state.engine import Engine
+from state.interest import normalised
+from state.store import MemoryStore
+from streams.app import create_app
+from streams.settings import Settings
+
+DIM = 8
+T0 = 1_767_225_600_000
+
+
+def _engine() -> Engine:
+    rng = np.random.default_rng(3)
+    catalogue = Catalogue(DIM, "v1")
+    for i in range(40):
+        catalogue.upsert(f"i{i}", normalised(rng.normal(size=DIM).astype(np.float32)),
+                         version="v1", title=f"story {i}")
+    return Engine(catalogue)
+
+
+async def _until(check: Any, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_events_agent_applies_batches_and_dead_letters_bad_records(
+        tmp_path: Path) -> None:
+    sapp = create_app(Settings(web_enabled=False, data_dir=tmp_path, batch_max_wait_ms=20))
+    store = MemoryStore()
+    sapp.runtime = SimpleNamespace(engine=_engine(), store=store)  # type: ignore[assignment]
+    sapp.ready.set()
+    letters: list[dict[str, Any]] = []
+
+    async def capture(**kwargs: Any) -> None:
+        letters.append(kwargs)
+
+    sapp.dead_letters.send = capture  # type: ignore[method-assign]
+    async with sapp.events_agent.test_context() as agent:
+        for n in range(5):
+            event = {"event_id": f"e{n}", "user_id": "u1", "type": "click",
+                     "item_id": f"i{n}", "ts": T0 + n}
+            await agent.put(orjson.dumps(event), key=b"u1", wait=False)
+        await agent.put(b'{"user_id": "u1", "ts": NaN}', key=b"u1", wait=False)
+        await agent.put(orjson.dumps({"event_id": "x", "user_id": "u2", "type": "warp",
+                                      "item_id": "i1", "ts": T0}), key=b"u2", wait=False)
+        await _until(lambda: store.users.get("u1", {}).get("events") == b"5" and letters)
+        await _until(lambda: len(letters) == 2)
+    recs, meta = await store.read_recs("u1", 10)
+    assert len(recs) == 10 and meta["source"] == "personal"
+    assert not {f"i{n}" for n in range(5)} & {i for i, _ in recs}
+    kinds = sorted(dict(letter["headers"])["x-error-class"] for letter in letters)
+    assert kinds == [b"malformed_json", b"unknown_type"]
+    assert sapp.table[b"u1"] is not None
