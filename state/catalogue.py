@@ -62,7 +62,8 @@ class Catalogue:
         """Insert or replace ``item_id``; return its row. Rejects another encoder's vectors."""
         if version != self.version:
             raise CatalogueVersionError(
-                f"item {item_id!r} has a vector of encoder {version!r}, catalogue is {self.version!r}"
+                f"item {item_id!r} has a vector of encoder {version!r}, "
+                f"catalogue is {self.version!r}"
             )
         if vec.shape != (self.dim,):
             raise CatalogueVersionError(

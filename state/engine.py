@@ -7,7 +7,7 @@ I/O, so both see exactly the same maths.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,7 +33,7 @@ RECENT_POSITIVES = 5
 class EngineConfig:
     interest_half_life_s: float = 7 * 24 * 3600.0
     popularity_half_life_s: float = 24 * 3600.0
-    weights: BlendWeights = BlendWeights()
+    weights: BlendWeights = field(default_factory=BlendWeights)
 
 
 @dataclass(frozen=True, slots=True)

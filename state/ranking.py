@@ -196,7 +196,7 @@ class Ranker:
     def _anchors(
         snapshot: CatalogueSnapshot, chosen: IndexMatrix, recent: list[list[tuple[int, float]]]
     ) -> IndexMatrix:
-        """Per chosen item, the index into the user's recent positives it most resembles (-1: none)."""
+        """Per chosen item, which recent positive of the user it most resembles (-1: none)."""
         h = max((len(r) for r in recent), default=0)
         if h == 0:
             return np.full(chosen.shape, -1, dtype=np.intp)
@@ -206,7 +206,7 @@ class Ranker:
         m = snapshot.matrix
         sims = np.einsum("bkd,bhd->bkh", m[np.maximum(chosen, 0)], m[np.maximum(rows, 0)])
         sims[np.broadcast_to((rows < 0)[:, None, :], sims.shape)] = -np.inf
-        anchor = np.argmax(sims, axis=2)
+        anchor: IndexMatrix = np.asarray(np.argmax(sims, axis=2), dtype=np.intp)
         anchor[np.broadcast_to((rows[:, :1] < 0), anchor.shape)] = -1
         return anchor
 

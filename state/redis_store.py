@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -199,8 +199,8 @@ class RedisStore:
         return _decode_items(raw_items), {_s(a): _s(b) for a, b in raw_meta.items()}
 
     async def read_user(self, user: str) -> dict[str, bytes]:
-        raw: dict[bytes, bytes] = await self.client.hgetall(self.keys.user(user))
-        return {_s(a): b for a, b in raw.items()}
+        raw = await self.client.hgetall(self.keys.user(user))
+        return {_s(a): b if isinstance(b, bytes) else b.encode() for a, b in raw.items()}
 
     async def read_popular(self, k: int) -> list[tuple[str, float]]:
         """Top ``k`` of ``sr:popular`` (log2 forward-decayed scores, see popularity.py)."""
@@ -220,7 +220,8 @@ class RedisStore:
         return await self._read_zset(self.keys.group_recs(group), k)
 
     async def _read_zset(self, key: str, k: int) -> list[tuple[str, float]]:
-        return _decode_items(await self.client.zrevrange(key, 0, k - 1, withscores=True))
+        raw = await self.client.zrevrange(key, 0, k - 1, withscores=True)
+        return _decode_items(cast(list[tuple[bytes, float]], raw))
 
 
 def _s(value: bytes | str) -> str:

@@ -25,8 +25,9 @@ class RecsStore(Protocol):
 
     async def add_popular(self, increments: Mapping[str, float], keep: int) -> None: ...
 
-    async def read_recs(self, user: str, k: int) -> tuple[list[tuple[str, float]],
-                                                          dict[str, str]]: ...
+    async def read_recs(
+        self, user: str, k: int
+    ) -> tuple[list[tuple[str, float]], dict[str, str]]: ...
 
     async def read_user(self, user: str) -> dict[str, bytes]: ...
 
@@ -52,23 +53,33 @@ class MemoryStore:
         now_ms = int(time.time() * 1000)
         for w in writes:
             current = self.users.get(w.user_id, {})
-            if (current.get("wm_partition") == str(w.partition).encode()
-                    and int(current.get("wm_offset", b"-1")) >= w.offset):
+            if (
+                current.get("wm_partition") == str(w.partition).encode()
+                and int(current.get("wm_offset", b"-1")) >= w.offset
+            ):
                 continue
             updated = str(w.updated_at_ms or now_ms)
-            current.update({"vec": w.vec, "events": str(w.events).encode(),
-                            "updated_at": updated.encode(),
-                            "wm_partition": str(w.partition).encode(),
-                            "wm_offset": str(w.offset).encode(),
-                            "model_version": w.model_version.encode()})
+            current.update(
+                {
+                    "vec": w.vec,
+                    "events": str(w.events).encode(),
+                    "updated_at": updated.encode(),
+                    "wm_partition": str(w.partition).encode(),
+                    "wm_offset": str(w.offset).encode(),
+                    "model_version": w.model_version.encode(),
+                }
+            )
             if w.group:
                 current["group"] = w.group.encode()
             self.users[w.user_id] = current
             if w.items:
                 self.recs[w.user_id] = sorted(w.items, key=lambda x: -x[1])
-                self.meta[w.user_id] = {"model_version": w.model_version, "updated_at": updated,
-                                        "source": w.source,
-                                        "why": orjson.dumps(dict(w.why or {})).decode()}
+                self.meta[w.user_id] = {
+                    "model_version": w.model_version,
+                    "updated_at": updated,
+                    "source": w.source,
+                    "why": orjson.dumps(dict(w.why or {})).decode(),
+                }
             applied += 1
         return applied
 
@@ -79,8 +90,7 @@ class MemoryStore:
             ranked = sorted(self.popular.items(), key=lambda x: -x[1])[:keep]
             self.popular = dict(ranked)
 
-    async def read_recs(self, user: str, k: int) -> tuple[list[tuple[str, float]],
-                                                          dict[str, str]]:
+    async def read_recs(self, user: str, k: int) -> tuple[list[tuple[str, float]], dict[str, str]]:
         return self.recs.get(user, [])[:k], dict(self.meta.get(user, {}))
 
     async def read_user(self, user: str) -> dict[str, bytes]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.web import Request, Response, View
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 
-class UserTable(faust.Table):  # type: ignore[misc]
+class UserTable(faust.Table[bytes, bytes]):
     """User-state table whose changelog partition is the partition of the user's events.
 
     Faust derives it from ``current_event()``, but a ``take_events`` batch spans partitions,
@@ -39,7 +39,7 @@ class UserTable(faust.Table):  # type: ignore[misc]
     def partition_for_key(self, key: Any) -> int | None:
         if self._partition_hint is not None:
             return self._partition_hint
-        return super().partition_for_key(key)  # type: ignore[no-any-return]
+        return super().partition_for_key(key)
 
     def put(self, key: bytes, value: bytes, partition: int) -> None:
         """Set ``key`` and write its changelog record to ``partition``."""
@@ -82,7 +82,7 @@ class StreamrecApp:
             datadir=str(settings.data_dir / "faust"),
             logging_config=None,
         )
-        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.events_topic = self.app.topic(settings.topic(EVENTS), **raw)
         self.items_topic = self.app.topic(settings.topic(ITEMS), **raw)
         self.vectors_topic = self.app.topic(
@@ -90,8 +90,13 @@ class StreamrecApp:
         )
         self.dead_letters = self.app.topic(settings.topic(DEAD_LETTERS), partitions=1, **raw)
         self.table = UserTable(
-            self.app, name="user-state", default=None, partitions=settings.partitions,
-            key_type=bytes, value_type=bytes, beacon=self.app.tables.beacon,
+            self.app,
+            name="user-state",
+            default=None,
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            beacon=self.app.tables.beacon,
         )
         self.app.tables.add(self.table)
         self.runtime: Runtime | None = None
@@ -99,6 +104,7 @@ class StreamrecApp:
         self.ready = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank")
         self._register()
+        self._register_pages()
 
     def _register(self) -> None:
         app, settings = self.app, self.settings
@@ -112,29 +118,43 @@ class StreamrecApp:
             self.sync = CatalogueSync(settings, self.runtime.engine, self.stats)
             await self.sync.start()
             self.ready.set()
-            log.info("streamrec worker ready: encoder %s, %d items",
-                     self.runtime.version, len(self.runtime.engine.catalogue))
+            log.info(
+                "streamrec worker ready: encoder %s, %d items",
+                self.runtime.version,
+                len(self.runtime.engine.catalogue),
+            )
 
-        @app.agent(self.events_topic, name="events")  # type: ignore[untyped-decorator]
-        async def events(stream: faust.Stream) -> None:
-            await self.ready.wait()
-            assert self.runtime is not None
+        @app.agent(self.events_topic, name="events")
+        async def events(stream: faust.StreamT[Any]) -> None:
+            runtime = await self._runtime()
             processor = EventProcessor(
-                self.runtime, self.table, self.dead_letters, limits, settings, self.stats,
-                self.executor, self.events_topic.get_topic_name(),
+                runtime,
+                self.table,
+                self.dead_letters,
+                limits,
+                settings,
+                self.stats,
+                self.executor,
+                self.events_topic.get_topic_name(),
             )
             self.event_processor = processor
-            async for batch in stream.take_events(settings.batch_max_events,
-                                                  within=settings.batch_max_wait_ms / 1000):
+            async for batch in cast(faust.Stream[Any], stream).take_events(
+                settings.batch_max_events, within=settings.batch_max_wait_ms / 1000
+            ):
                 await processor.process(batch)
 
-        @app.agent(self.items_topic, name="items")  # type: ignore[untyped-decorator]
-        async def items(stream: faust.Stream) -> None:
-            await self.ready.wait()
-            assert self.runtime is not None
-            processor = ItemProcessor(self.runtime, self.vectors_topic, self.dead_letters,
-                                      limits, self.stats, self.items_topic.get_topic_name())
-            async for batch in stream.take_events(256, within=0.2):
+        @app.agent(self.items_topic, name="items")
+        async def items(stream: faust.StreamT[Any]) -> None:
+            runtime = await self._runtime()
+            processor = ItemProcessor(
+                runtime,
+                self.vectors_topic,
+                self.dead_letters,
+                limits,
+                self.stats,
+                self.items_topic.get_topic_name(),
+            )
+            async for batch in cast(faust.Stream[Any], stream).take_events(256, within=0.2):
                 await processor.process(batch)
 
         self.events_agent, self.items_agent = events, items
@@ -143,8 +163,25 @@ class StreamrecApp:
         async def heartbeat_stats() -> None:
             self.stats.tick()
 
-        @app.page("/recs/{user}")  # type: ignore[untyped-decorator]
-        class RecsPage(View):  # type: ignore[misc]
+        async def forget_states(sender: Any, *args: Any, **kwargs: Any) -> None:
+            if self.event_processor is not None:
+                self.event_processor.forget()
+
+        async def close_runtime(sender: Any, *args: Any, **kwargs: Any) -> None:
+            if self.runtime is not None:
+                await self.sync.stop()
+                await self.runtime.close()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+        # faust's signal typing rejects coroutine receivers that it accepts at run time.
+        cast(Any, app.on_partitions_revoked).connect(forget_states)
+        cast(Any, app.on_before_shutdown).connect(close_runtime)
+
+    def _register_pages(self) -> None:
+        app = self.app
+
+        @app.page("/recs/{user}")
+        class RecsPage(View):
             async def get(self_view, request: Request, user: str) -> Response:
                 try:
                     k = int(request.query.get("k", "10"))
@@ -157,31 +194,26 @@ class StreamrecApp:
                 recs = await self.runtime.reader.read(user, k)
                 return self_view.json(recs.as_json())
 
-        @app.page("/stats")  # type: ignore[untyped-decorator]
-        class StatsPage(View):  # type: ignore[misc]
+        @app.page("/stats")
+        class StatsPage(View):
             async def get(self_view, request: Request) -> Response:
                 body = self_view.json(self.stats.as_json())
                 if request.query.get("reset") == "1":  # start a fresh freshness window
                     self.stats.freshness_ms.clear()
                 return body
 
-        @app.page("/healthz")  # type: ignore[untyped-decorator]
-        class Health(View):  # type: ignore[misc]
+        @app.page("/healthz")
+        class Health(View):
             async def get(self_view, request: Request) -> Response:
                 ok = self.ready.is_set()
                 return self_view.json({"ready": ok}, status=200 if ok else 503)
 
-        @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
-        async def forget_states(app: faust.App, revoked: Any, **kwargs: Any) -> None:
-            if self.event_processor is not None:
-                self.event_processor.forget()
-
-        @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
-        async def close_runtime(app: faust.App, **kwargs: Any) -> None:
-            if self.runtime is not None:
-                await self.sync.stop()
-                await self.runtime.close()
-            self.executor.shutdown(wait=False, cancel_futures=True)
+    async def _runtime(self) -> Runtime:
+        """The runtime, once start-up has built it (agents wait here)."""
+        await self.ready.wait()
+        if self.runtime is None:
+            raise RuntimeError("worker marked ready without a runtime")
+        return self.runtime
 
 
 def create_app(settings: Settings) -> StreamrecApp:

@@ -39,39 +39,51 @@ TOP_K = 50
 RANK_BATCH = 256
 
 
-def run_bench(n_events: int, n_items: int, n_users: int, rate: float, quiet: bool = False,
-              freshness_s: float = 20.0) -> dict[str, Any]:
+def run_bench(
+    n_events: int,
+    n_items: int,
+    n_users: int,
+    rate: float,
+    quiet: bool = False,
+    freshness_s: float = 20.0,
+) -> dict[str, Any]:
     """Run every measurement and return the figures (keys as documented in the README)."""
     say: Callable[[str], None] = (lambda _msg: None) if quiet else print
     figures: dict[str, Any] = {}
     say("encoder: batch-size sweep and bare model loop ...")
     figures.update(_encoder_figures())
-    with tempfile.TemporaryDirectory(prefix="streamrec-bench-") as tmp, \
-            EmbeddedStack(Path(tmp)) as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="streamrec-bench-") as tmp,
+        EmbeddedStack(Path(tmp)) as stack,
+    ):
         create_topics(stack.bootstrap, topic_specs(PARTITIONS))
         world = make_world(n_items, n_users, seed=1)
-        env = worker_env(stack.broker_url, stack.redis_url, Path(tmp) / "w", PARTITIONS,
-                         STREAMREC_TOP_K=str(TOP_K))
+        env = worker_env(
+            stack.broker_url,
+            stack.redis_url,
+            Path(tmp) / "w",
+            PARTITIONS,
+            STREAMREC_TOP_K=str(TOP_K),
+        )
         say(f"catalogue: {n_items} items -> worker encodes them ...")
         worker = WorkerProcess(env, Path(tmp) / "worker-items.log", free_port()).start()
         try:
             worker.wait_ready()
             publish_items([stack.bootstrap], ITEMS, world)
             client = redis.Redis.from_url(stack.redis_url)
-            wait_for_items(client, Keys(), [i["item_id"] for i in world.items],
-                           progress=not quiet)
+            wait_for_items(client, Keys(), [i["item_id"] for i in world.items], progress=not quiet)
         finally:
             worker.stop()
         say(f"publishing {n_events} events ...")
         payloads = [orjson.dumps(e) for e in events(world, n_events, seed=2)]
         _publish_all(stack.bootstrap, payloads, quiet)
         say("bare stages ...")
-        figures["raw_consume_events_per_s"] = asyncio.run(_bare_consume(stack.bootstrap,
-                                                                        n_events))
+        figures["raw_consume_events_per_s"] = asyncio.run(_bare_consume(stack.bootstrap, n_events))
         matrix = _catalogue_matrix(client, [i["item_id"] for i in world.items])
         figures["bare_rank_users_per_s"] = _bare_rank(matrix)
-        figures["bare_publish_users_per_s"] = _bare_publish(client, [i["item_id"] for i in
-                                                                    world.items])
+        figures["bare_publish_users_per_s"] = _bare_publish(
+            client, [i["item_id"] for i in world.items]
+        )
         say("pipeline: one worker drains the backlog ...")
         worker = WorkerProcess(env, Path(tmp) / "worker.log", free_port()).start()
         try:
@@ -86,8 +98,11 @@ def run_bench(n_events: int, n_items: int, n_users: int, rate: float, quiet: boo
             figures["steady_events"] = sent
         finally:
             worker.stop()
-    stages = [figures["raw_consume_events_per_s"], figures["bare_rank_users_per_s"],
-              figures["bare_publish_users_per_s"]]
+    stages = [
+        figures["raw_consume_events_per_s"],
+        figures["bare_rank_users_per_s"],
+        figures["bare_publish_users_per_s"],
+    ]
     figures["limit_events_per_s"] = round(1.0 / sum(1.0 / s for s in stages), 1)
     figures["ratio"] = round(figures["pipeline_events_per_s"] / figures["limit_events_per_s"], 3)
     return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in figures.items()}
@@ -123,8 +138,12 @@ def _publish_all(bootstrap: str, payloads: list[bytes], quiet: bool) -> None:
 
 async def _bare_consume(bootstrap: str, n_events: int) -> float:
     """A group-less aiokafka ``getmany`` loop with orjson parsing over the same topic."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(EVENTS, p) for p in range(PARTITIONS)]
@@ -166,7 +185,7 @@ def _bare_rank(matrix: np.ndarray, rounds: int = 20) -> float:
 
 def _bare_publish(client: redis.Redis, item_ids: list[str], users: int = 20_000) -> float:
     """Pipelined DEL+ZADD of ``TOP_K`` members + EXPIRE per user, 500 users per round trip."""
-    rng = random.Random(0)
+    rng = random.Random(0)  # noqa: S311 - benchmark data
     lists = [{i: rng.random() for i in rng.sample(item_ids, TOP_K)} for _ in range(200)]
     t0 = time.perf_counter()
     for start in range(0, users, 500):
@@ -192,7 +211,8 @@ def _drain_rate(worker: WorkerProcess, n_events: int, quiet: bool) -> float:
             first = (now, done)
         bar.update(done - bar.n)
     bar.close()
-    assert first is not None
+    if first is None:
+        raise RuntimeError("the worker applied no events")
     return (done - first[1]) / max(time.monotonic() - first[0], 1e-9)
 
 

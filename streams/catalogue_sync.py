@@ -36,8 +36,10 @@ class CatalogueSync:
     async def start(self, wait_s: float = 60.0) -> None:
         """Start reading and wait (up to ``wait_s``) until the existing backlog is loaded."""
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
-            enable_auto_commit=False, auto_offset_reset="earliest",
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
         await self._consumer.start()
@@ -55,7 +57,8 @@ class CatalogueSync:
 
     async def _run(self) -> None:
         consumer = self._consumer
-        assert consumer is not None
+        if consumer is None:
+            raise RuntimeError("CatalogueSync._run before start()")
         tps = await self._assign(consumer)
         end = await consumer.end_offsets(tps)
         while True:
@@ -92,8 +95,13 @@ class CatalogueSync:
             return
         try:
             record = decode_item_vector(value)
-            catalogue.upsert(record.item_id, record.vec, version=record.model_version,
-                             title=record.title, category=record.category)
+            catalogue.upsert(
+                record.item_id,
+                record.vec,
+                version=record.model_version,
+                title=record.title,
+                category=record.category,
+            )
         except (VectorRecordError, CatalogueVersionError, ValueError, KeyError) as exc:
             # Vectors of another encoder version are expected during a roll-out: skip them.
             log.debug("skipping item vector: %s", exc)

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import orjson
 
+from state.redis_store import RedisStore
 from streams.settings import ConfigError, Settings, load_settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,8 +36,12 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--loglevel", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--loglevel",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def worker(loglevel: str) -> None:
     """Run one worker (one consumer-group member); run N of them to scale."""
     from faust.worker import Worker
@@ -59,12 +64,15 @@ def produce(topic: str, file: Path, skip_bad: bool) -> None:
     settings = _settings()
     name = settings.topic(topic)
     try:
-        report = produce_file(settings.bootstrap_servers, name, file, key_field_for(topic),
-                              skip_bad=skip_bad)
+        report = produce_file(
+            settings.bootstrap_servers, name, file, key_field_for(topic), skip_bad=skip_bad
+        )
     except ProduceError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"sent {report.sent} records to {name}"
-               + (f", skipped {report.skipped} bad lines" if report.skipped else ""))
+    click.echo(
+        f"sent {report.sent} records to {name}"
+        + (f", skipped {report.skipped} bad lines" if report.skipped else "")
+    )
 
 
 @main.command()
@@ -91,8 +99,10 @@ def recs(user: str, k: int, as_json: bool) -> None:
             return
         click.echo(f"{user}: {result.source}, model {result.model_version or '-'}")
         for rank, (item, score) in enumerate(result.items, 1):
-            click.echo(f"{rank:>3}. {item:<14} {score:8.3f}  {titles.get(item, '')[:60]:<60}"
-                       f"  {result.why.get(item, '')}")
+            click.echo(
+                f"{rank:>3}. {item:<14} {score:8.3f}  {titles.get(item, '')[:60]:<60}"
+                f"  {result.why.get(item, '')}"
+            )
 
     try:
         asyncio.run(read())
@@ -100,10 +110,7 @@ def recs(user: str, k: int, as_json: bool) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-async def _titles(store: object, items: list[str]) -> dict[str, str]:
-    from state.redis_store import RedisStore
-
-    assert isinstance(store, RedisStore)
+async def _titles(store: RedisStore, items: list[str]) -> dict[str, str]:
     pipe = store.client.pipeline(transaction=False)
     for item in items:
         pipe.hget(store.keys.item(item), "title")
@@ -116,30 +123,38 @@ async def _titles(store: object, items: list[str]) -> dict[str, str]:
 @click.option("--items", "n_items", default=2000, show_default=True)
 @click.option("--rate", default=200.0, show_default=True, help="events per second")
 @click.option("--duration", default=60.0, show_default=True, help="seconds of stream (0: forever)")
-@click.option("--broker", type=click.Choice(["tansu", "apache-kafka"]), default="tansu",
-              show_default=True)
+@click.option(
+    "--broker", type=click.Choice(["tansu", "apache-kafka"]), default="tansu", show_default=True
+)
 def demo(users: int, n_items: int, rate: float, duration: float, broker: str) -> None:
     """Embedded default: broker + Redis + worker + a generated stream, live recommendations."""
     from streams.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)
-    sys.exit(run_demo(users=users, n_items=n_items, rate=rate, duration_s=duration,
-                      broker=broker))
+    sys.exit(run_demo(users=users, n_items=n_items, rate=rate, duration_s=duration, broker=broker))
 
 
 @main.command()
 @click.option("--events", "n_events", default=200_000, show_default=True)
 @click.option("--items", "n_items", default=10_000, show_default=True)
 @click.option("--users", "n_users", default=100_000, show_default=True)
-@click.option("--rate", default=1000.0, show_default=True,
-              help="steady rate for the freshness phase (events/s)")
+@click.option(
+    "--rate",
+    default=1000.0,
+    show_default=True,
+    help="steady rate for the freshness phase (events/s)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object of figures")
 def bench(n_events: int, n_items: int, n_users: int, rate: float, as_json: bool) -> None:
     """Throughput and freshness benchmark against the embedded services."""
     from streams.bench import run_bench
 
     logging.basicConfig(level=logging.WARNING)
-    figures = run_bench(n_events=n_events, n_items=n_items, n_users=n_users, rate=rate,
-                        quiet=as_json)
-    click.echo(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() if as_json
-               else "\n".join(f"{k:>28}: {v}" for k, v in figures.items()))
+    figures = run_bench(
+        n_events=n_events, n_items=n_items, n_users=n_users, rate=rate, quiet=as_json
+    )
+    click.echo(
+        orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode()
+        if as_json
+        else "\n".join(f"{k:>28}: {v}" for k, v in figures.items())
+    )

@@ -16,8 +16,9 @@ H_ERROR: Final = "x-error-message"
 MAX_ERROR_CHARS: Final = 1000
 
 
-def dead_letter_headers(topic: str, partition: int, offset: int, error_class: str,
-                        message: str) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    topic: str, partition: int, offset: int, error_class: str, message: str
+) -> list[tuple[str, bytes]]:
     """Kafka headers for a dead letter.
 
     >>> dict(dead_letter_headers("events", 3, 42, "malformed_json", "bad"))["x-source-offset"]

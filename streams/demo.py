@@ -11,6 +11,7 @@ import contextlib
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import redis
@@ -38,16 +39,26 @@ def topic_specs(partitions: int, prefix: str = "") -> dict[str, TopicSpec]:
     }
 
 
-def worker_env(broker_url: str, redis_url: str, data_dir: Path, partitions: int,
-               **extra: str) -> dict[str, str]:
+def worker_env(
+    broker_url: str, redis_url: str, data_dir: Path, partitions: int, **extra: str
+) -> dict[str, str]:
     """Environment for a worker child process pointed at the given services."""
-    return {"STREAMREC_BROKER": broker_url, "STREAMREC_REDIS_URL": redis_url,
-            "STREAMREC_DATA_DIR": str(data_dir), "STREAMREC_PARTITIONS": str(partitions),
-            **extra}
+    return {
+        "STREAMREC_BROKER": broker_url,
+        "STREAMREC_REDIS_URL": redis_url,
+        "STREAMREC_DATA_DIR": str(data_dir),
+        "STREAMREC_PARTITIONS": str(partitions),
+        **extra,
+    }
 
 
-def wait_for_items(client: redis.Redis, keys: Keys, item_ids: list[str],
-                   timeout_s: float = 600.0, progress: bool = True) -> None:
+def wait_for_items(
+    client: redis.Redis,
+    keys: Keys,
+    item_ids: list[str],
+    timeout_s: float = 600.0,
+    progress: bool = True,
+) -> None:
     """Block until every item has a vector in Redis (the worker encoded and shared it)."""
     bar = tqdm(total=len(item_ids), desc="encoding items", unit="item", disable=not progress)
     remaining = list(item_ids)
@@ -77,35 +88,53 @@ def publish_items(bootstrap: list[str], topic: str, world: SyntheticWorld) -> No
         producer.close()
 
 
-def show(client: redis.Redis, keys: Keys, world: SyntheticWorld, users: list[str],
-         produced_at: dict[str, float]) -> None:
+def show(
+    client: redis.Redis,
+    keys: Keys,
+    world: SyntheticWorld,
+    users: list[str],
+    produced_at: dict[str, float],
+) -> None:
     """Print each watched user's top 5 with categories, source and freshness."""
     print(f"\n--- {time.strftime('%H:%M:%S')} ---")
     for user in users:
         top = client.zrevrange(keys.recs(user), 0, 4, withscores=True)
-        meta = {k.decode(): v.decode() for k, v in client.hgetall(keys.recs_meta(user)).items()}
-        cats = [world.category_of.get(i.decode(), "?") for i, _ in top]
+        raw_meta: dict[Any, Any] = cast(Any, client.hgetall(keys.recs_meta(user)))
+        meta = {_text(k): _text(v) for k, v in raw_meta.items()}
+        ranked = [(_text(i), float(s)) for i, s in cast(list[tuple[bytes, float]], top)]
+        cats = [world.category_of.get(i, "?") for i, _ in ranked]
         fresh = ""
         if meta.get("updated_at") and user in produced_at:
             lag_ms = int(meta["updated_at"]) - produced_at[user] * 1000
             fresh = f"freshness {max(lag_ms, 0):.0f} ms"
-        print(f"{user} likes {'+'.join(world.users[user])}: source={meta.get('source', 'popular')} "
-              f"{fresh}")
-        for (item, score), cat in zip(top, cats, strict=True):
-            title = client.hget(keys.item(item.decode()), "title") or b""
-            print(f"    {score:6.3f} [{cat:<10}] {title.decode()[:70]}")
+        print(
+            f"{user} likes {'+'.join(world.users[user])}: source={meta.get('source', 'popular')} "
+            f"{fresh}"
+        )
+        for (item, score), cat in zip(ranked, cats, strict=True):
+            title = _text(client.hget(keys.item(item), "title") or b"")
+            print(f"    {score:6.3f} [{cat:<10}] {title[:70]}")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def run_demo(users: int, n_items: int, rate: float, duration_s: float, broker: str) -> int:
     """Run the demo; return the process exit code."""
     partitions = 4
-    with tempfile.TemporaryDirectory(prefix="streamrec-demo-") as tmp, \
-            EmbeddedStack(Path(tmp), broker=broker) as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="streamrec-demo-") as tmp,
+        EmbeddedStack(Path(tmp), broker=broker) as stack,
+    ):
         print(f"broker {stack.broker_url}  redis {stack.redis_url}")
         create_topics(stack.bootstrap, topic_specs(partitions))
         port = free_port()
-        worker = WorkerProcess(worker_env(stack.broker_url, stack.redis_url, Path(tmp) / "w0",
-                                          partitions), Path(tmp) / "worker.log", port)
+        worker = WorkerProcess(
+            worker_env(stack.broker_url, stack.redis_url, Path(tmp) / "w0", partitions),
+            Path(tmp) / "worker.log",
+            port,
+        )
         try:
             worker.start()
             print("starting worker ...")
@@ -127,8 +156,15 @@ def run_demo(users: int, n_items: int, rate: float, duration_s: float, broker: s
     return 0
 
 
-def stream_events(bootstrap: str, world: SyntheticWorld, rate: float, duration_s: float,
-                  client: redis.Redis, keys: Keys, watched: list[str]) -> None:
+def stream_events(
+    bootstrap: str,
+    world: SyntheticWorld,
+    rate: float,
+    duration_s: float,
+    client: redis.Redis,
+    keys: Keys,
+    watched: list[str],
+) -> None:
     """Publish events at ``rate``/s, watched users getting a share, printing every 2 s."""
     producer = make_producer([bootstrap])
     produced_at: dict[str, float] = {}

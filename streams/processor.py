@@ -85,12 +85,20 @@ class DeadLetters:
     async def send(self, message: Any, kind: str, reason: str) -> None:
         self.stats.counters["dead_letters"] += 1
         self.stats.counters[f"dead_letters_{kind}"] += 1
-        log.info("dead letter %s[%s]@%s: %s: %s", self.source_topic, message.partition,
-                 message.offset, kind, reason)
+        log.info(
+            "dead letter %s[%s]@%s: %s: %s",
+            self.source_topic,
+            message.partition,
+            message.offset,
+            kind,
+            reason,
+        )
         await self.topic.send(
-            key=message.key, value=message.value,
-            headers=dead_letter_headers(self.source_topic, message.partition, message.offset,
-                                        kind, reason),
+            key=message.key,
+            value=message.value,
+            headers=dead_letter_headers(
+                self.source_topic, message.partition, message.offset, kind, reason
+            ),
         )
 
 
@@ -105,8 +113,17 @@ class _Pending:
 class EventProcessor:
     """Applies a batch of ``events`` messages and publishes the touched users once each."""
 
-    def __init__(self, runtime: Runtime, table: Any, dead_letters_topic: Any, limits: Limits,
-                 settings: Settings, stats: Stats, executor: Executor, source_topic: str) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        table: Any,
+        dead_letters_topic: Any,
+        limits: Limits,
+        settings: Settings,
+        stats: Stats,
+        executor: Executor,
+        source_topic: str,
+    ) -> None:
         self.runtime = runtime
         self.engine = runtime.engine
         self.table = table
@@ -138,16 +155,20 @@ class EventProcessor:
         writes = await self._rank(users)
         store = self.runtime.store
         await retry_transient(lambda: store.publish_users(writes), "publishing users", self.stats)
-        await retry_transient(lambda: store.add_popular(popular, self.settings.popular_size),
-                              "updating sr:popular", self.stats)
+        await retry_transient(
+            lambda: store.add_popular(popular, self.settings.popular_size),
+            "updating sr:popular",
+            self.stats,
+        )
         now_ms = time.time() * 1000
         for pending in users.values():
             self.stats.freshness_ms.extend(now_ms - t for t in pending.produced_ms)
         self.stats.counters["batches"] += 1
         self.stats.counters["users_published"] += len(writes)
 
-    async def _apply_one(self, message: Any, users: dict[str, _Pending],
-                         popular: dict[str, float]) -> None:
+    async def _apply_one(
+        self, message: Any, users: dict[str, _Pending], popular: dict[str, float]
+    ) -> None:
         try:
             record = parse_event(message.value, message.key, self.limits)
         except InvalidRecord as exc:
@@ -155,10 +176,18 @@ class EventProcessor:
             return
         pending = users.get(record.user_id)
         if pending is None:
-            pending = users[record.user_id] = _Pending(self._load(record.user_id),
-                                                       message.partition)
-        interaction = Interaction(record.user_id, record.type, record.item_id, record.ts_ms,
-                                  record.dwell_ms, message.partition, message.offset)
+            pending = users[record.user_id] = _Pending(
+                self._load(record.user_id), message.partition
+            )
+        interaction = Interaction(
+            record.user_id,
+            record.type,
+            record.item_id,
+            record.ts_ms,
+            record.dwell_ms,
+            message.partition,
+            message.offset,
+        )
         try:
             applied = self.engine.apply(pending.state, interaction)
         except Exception as exc:  # a bug must cost one record, not the worker
@@ -173,8 +202,9 @@ class EventProcessor:
         self.stats.counters["events_applied"] += 1
         history = pending.state.history
         if record.item_id and history and history[-1].weight > 0:
-            inc = log_increment(history[-1].weight, record.ts_ms,
-                                self.settings.popularity_half_life_s)
+            inc = log_increment(
+                history[-1].weight, record.ts_ms, self.settings.popularity_half_life_s
+            )
             prev = popular.get(record.item_id)
             popular[record.item_id] = inc if prev is None else log_add(prev, inc)
 
@@ -201,16 +231,25 @@ class EventProcessor:
         requests = [self.engine.request(u, p.state) for u, p in users.items()]
         loop = asyncio.get_running_loop()
         ranked = await loop.run_in_executor(
-            self.executor, self.engine.rank_requests, requests, self.settings.top_k)
+            self.executor, self.engine.rank_requests, requests, self.settings.top_k
+        )
         writes = []
         for (user_id, pending), result in zip(users.items(), ranked, strict=True):
             state = pending.state
-            writes.append(UserWrite(
-                user_id=user_id, partition=state.partition, offset=state.offset,
-                events=state.events, vec=vector_bytes(unit(state.vec)),
-                model_version=state.model_version, items=result.items, why=result.why,
-                source=result.source, group=state.group,
-            ))
+            writes.append(
+                UserWrite(
+                    user_id=user_id,
+                    partition=state.partition,
+                    offset=state.offset,
+                    events=state.events,
+                    vec=vector_bytes(unit(state.vec)),
+                    model_version=state.model_version,
+                    items=result.items,
+                    why=result.why,
+                    source=result.source,
+                    group=state.group,
+                )
+            )
         self.stats.counters["users_ranked"] += len(writes)
         return writes
 
@@ -218,8 +257,15 @@ class EventProcessor:
 class ItemProcessor:
     """Encodes a batch of ``items`` (cache first) and shares the vectors with every worker."""
 
-    def __init__(self, runtime: Runtime, vectors_topic: Any, dead_letters_topic: Any,
-                 limits: Limits, stats: Stats, source_topic: str) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        vectors_topic: Any,
+        dead_letters_topic: Any,
+        limits: Limits,
+        stats: Stats,
+        source_topic: str,
+    ) -> None:
         self.runtime = runtime
         self.vectors_topic = vectors_topic
         self.dead = DeadLetters(dead_letters_topic, source_topic, stats)
@@ -247,20 +293,32 @@ class ItemProcessor:
         if removed:
             await retry_transient(
                 lambda: self.runtime.store.delete_items(k.decode() for k in removed),
-                "deleting items", self.stats)
+                "deleting items",
+                self.stats,
+            )
 
     async def _encode_and_share(self, items: list[Item]) -> None:
         texts = [item.text() for item in items]
-        vectors = await retry_transient(lambda: self.runtime.embeddings.encode(texts),
-                                        "encoding items", self.stats)
+        vectors = await retry_transient(
+            lambda: self.runtime.embeddings.encode(texts), "encoding items", self.stats
+        )
         version = self.runtime.version
         rows = []
         for item, text, vec in zip(items, texts, vectors, strict=True):
-            record = ItemVector(item.item_id, vec, version, item.title, item.category or "",
-                                content_hash(version, text), item.created_at_ms)
-            await self.vectors_topic.send(key=item.item_id.encode(),
-                                          value=encode_item_vector(record))
+            record = ItemVector(
+                item.item_id,
+                vec,
+                version,
+                item.title,
+                item.category or "",
+                content_hash(version, text),
+                item.created_at_ms,
+            )
+            await self.vectors_topic.send(
+                key=item.item_id.encode(), value=encode_item_vector(record)
+            )
             rows.append((item.item_id, vector_bytes(vec), version, item.title))
-        await retry_transient(lambda: self.runtime.store.put_items(rows), "writing items",
-                              self.stats)
+        await retry_transient(
+            lambda: self.runtime.store.put_items(rows), "writing items", self.stats
+        )
         self.stats.counters["items_encoded"] += len(items)

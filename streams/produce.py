@@ -56,27 +56,42 @@ def keyed_lines(path: Path, key_field: str | None) -> Iterator[tuple[int, bytes 
 def make_producer(bootstrap: list[str]) -> KafkaProducer:
     """A producer that preserves per-key order and waits for full acknowledgement."""
     return KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=5, retries=5,
-        max_in_flight_requests_per_connection=1, max_request_size=MAX_REQUEST_BYTES,
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        retries=5,
+        max_in_flight_requests_per_connection=1,
+        max_request_size=MAX_REQUEST_BYTES,
         batch_size=256 * 1024,
     )
 
 
-def publish(producer: KafkaProducer, topic: str,
-            records: Iterable[tuple[bytes | None, bytes]], total: int | None = None,
-            progress: bool = True) -> int:
+def publish(
+    producer: KafkaProducer,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes]],
+    total: int | None = None,
+    progress: bool = True,
+) -> int:
     """Send ``(key, value)`` records to ``topic``, flush, and return how many were sent."""
     sent = 0
-    for key, value in tqdm(records, total=total, unit="msg", disable=not progress,
-                           desc=f"-> {topic}"):
+    for key, value in tqdm(
+        records, total=total, unit="msg", disable=not progress, desc=f"-> {topic}"
+    ):
         producer.send(topic, key=key, value=value)
         sent += 1
     producer.flush()
     return sent
 
 
-def produce_file(bootstrap: list[str], topic: str, path: Path, key_field: str | None,
-                 skip_bad: bool = False, progress: bool = True) -> ProduceReport:
+def produce_file(
+    bootstrap: list[str],
+    topic: str,
+    path: Path,
+    key_field: str | None,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> ProduceReport:
     """Publish ``path`` to ``topic``; a bad line aborts unless ``skip_bad``."""
     report = ProduceReport()
     total = sum(1 for line in path.open("rb") if line.strip())

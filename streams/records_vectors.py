@@ -37,10 +37,16 @@ class ItemVector:
 
 def encode_item_vector(record: ItemVector) -> bytes:
     """Serialise ``record`` for the ``item-vectors`` topic."""
-    header = orjson.dumps({
-        "id": record.item_id, "m": record.model_version, "t": record.title,
-        "c": record.category, "h": record.content_hash, "ts": record.created_at_ms,
-    })
+    header = orjson.dumps(
+        {
+            "id": record.item_id,
+            "m": record.model_version,
+            "t": record.title,
+            "c": record.category,
+            "h": record.content_hash,
+            "ts": record.created_at_ms,
+        }
+    )
     return _HEADER.pack(_MAGIC, len(header)) + header + vector_bytes(record.vec)
 
 
@@ -53,6 +59,12 @@ def decode_item_vector(raw: bytes) -> ItemVector:
         raise VectorRecordError(f"unknown item vector format {magic!r}")
     head = orjson.loads(raw[_HEADER.size : _HEADER.size + hlen])
     vec = np.frombuffer(raw[_HEADER.size + hlen :], dtype="<f4").astype(np.float32)
-    return ItemVector(item_id=str(head["id"]), vec=vec, model_version=str(head["m"]),
-                      title=str(head["t"]), category=str(head["c"]),
-                      content_hash=str(head["h"]), created_at_ms=head.get("ts"))
+    return ItemVector(
+        item_id=str(head["id"]),
+        vec=vec,
+        model_version=str(head["m"]),
+        title=str(head["t"]),
+        category=str(head["c"]),
+        content_hash=str(head["h"]),
+        created_at_ms=head.get("ts"),
+    )

@@ -44,8 +44,9 @@ def make_engine(settings: Settings, dim: int, version: str) -> Engine:
         EngineConfig(
             interest_half_life_s=settings.interest_half_life_s,
             popularity_half_life_s=settings.popularity_half_life_s,
-            weights=BlendWeights(settings.weight_content, settings.weight_collab,
-                                 settings.weight_popular),
+            weights=BlendWeights(
+                settings.weight_content, settings.weight_collab, settings.weight_popular
+            ),
         ),
     )
 
@@ -83,11 +84,13 @@ class Runtime:
         model_dir = resolve_model_dir(settings.model)
         loop = asyncio.get_running_loop()
         encoder = await loop.run_in_executor(
-            None, functools.partial(TextEncoder, model_dir, settings.device,
-                                    settings.encoder_max_tokens))
+            None,
+            functools.partial(TextEncoder, model_dir, settings.device, settings.encoder_max_tokens),
+        )
         batcher = MicroBatcher(
             functools.partial(encoder.encode, batch_size=settings.encoder_max_batch),
-            max_batch=settings.encoder_max_batch, max_wait_ms=settings.encoder_max_wait_ms,
+            max_batch=settings.encoder_max_batch,
+            max_wait_ms=settings.encoder_max_wait_ms,
         )
         await batcher.start()
         cache = RedisCache(store.client, store.keys.embedding, settings.item_ttl_s)

@@ -65,7 +65,8 @@ class Settings(BaseSettings):
         for url in value.split(";"):
             if not url.startswith("kafka://") or len(url) <= len("kafka://"):
                 raise ValueError(
-                    f"STREAMREC_BROKER must look like kafka://HOST:PORT[;kafka://HOST:PORT], got {value!r}"
+                    "STREAMREC_BROKER must look like kafka://HOST:PORT[;kafka://HOST:PORT], "
+                    f"got {value!r}"
                 )
         return value
 

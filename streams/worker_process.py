@@ -27,8 +27,13 @@ class WorkerProcess:
     """One ``streamrec worker`` child with its own data dir, web port and log file."""
 
     def __init__(self, env: dict[str, str], log_path: Path, web_port: int) -> None:
-        self.env = {**os.environ, **env, "STREAMREC_WEB_PORT": str(web_port),
-                    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        self.env = {
+            **os.environ,
+            **env,
+            "STREAMREC_WEB_PORT": str(web_port),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
         self.log_path = log_path
         self.web_port = web_port
         self.proc: subprocess.Popen[bytes] | None = None
@@ -37,10 +42,21 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
-        cmd = [sys.executable, "-c", "from streams.cli import main; main()", "worker",
-               "--loglevel", "warning"]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log,  # noqa: S603
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        cmd = [
+            sys.executable,
+            "-c",
+            "from streams.cli import main; main()",
+            "worker",
+            "--loglevel",
+            "warning",
+        ]
+        self.proc = subprocess.Popen(  # noqa: S603 - our own CLI
+            cmd,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return self
 
     def url(self, path: str) -> str:

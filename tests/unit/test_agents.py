@@ -25,8 +25,12 @@ def _engine() -> Engine:
     rng = np.random.default_rng(3)
     catalogue = Catalogue(DIM, "v1")
     for i in range(40):
-        catalogue.upsert(f"i{i}", normalised(rng.normal(size=DIM).astype(np.float32)),
-                         version="v1", title=f"story {i}")
+        catalogue.upsert(
+            f"i{i}",
+            normalised(rng.normal(size=DIM).astype(np.float32)),
+            version="v1",
+            title=f"story {i}",
+        )
     return Engine(catalogue)
 
 
@@ -37,8 +41,7 @@ async def _until(check: Any, timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_events_agent_applies_batches_and_dead_letters_bad_records(
-        tmp_path: Path) -> None:
+async def test_events_agent_applies_batches_and_dead_letters_bad_records(tmp_path: Path) -> None:
     sapp = create_app(Settings(web_enabled=False, data_dir=tmp_path, batch_max_wait_ms=20))
     store = MemoryStore()
     sapp.runtime = SimpleNamespace(engine=_engine(), store=store)  # type: ignore[assignment]
@@ -51,12 +54,22 @@ async def test_events_agent_applies_batches_and_dead_letters_bad_records(
     sapp.dead_letters.send = capture  # type: ignore[method-assign]
     async with sapp.events_agent.test_context() as agent:
         for n in range(5):
-            event = {"event_id": f"e{n}", "user_id": "u1", "type": "click",
-                     "item_id": f"i{n}", "ts": T0 + n}
+            event = {
+                "event_id": f"e{n}",
+                "user_id": "u1",
+                "type": "click",
+                "item_id": f"i{n}",
+                "ts": T0 + n,
+            }
             await agent.put(orjson.dumps(event), key=b"u1", wait=False)
         await agent.put(b'{"user_id": "u1", "ts": NaN}', key=b"u1", wait=False)
-        await agent.put(orjson.dumps({"event_id": "x", "user_id": "u2", "type": "warp",
-                                      "item_id": "i1", "ts": T0}), key=b"u2", wait=False)
+        await agent.put(
+            orjson.dumps(
+                {"event_id": "x", "user_id": "u2", "type": "warp", "item_id": "i1", "ts": T0}
+            ),
+            key=b"u2",
+            wait=False,
+        )
         await _until(lambda: store.users.get("u1", {}).get("events") == b"5" and letters)
         await _until(lambda: len(letters) == 2)
     recs, meta = await store.read_recs("u1", 10)

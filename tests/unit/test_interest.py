@@ -33,8 +33,15 @@ event_st = st.tuples(
 def _apply_all(events: list[tuple[str, str, int, float | None]]) -> UserState:
     state = UserState.empty(DIM)
     for etype, item, ts, dwell in events:
-        apply_event(state, event_type=etype, item_id=item, ts_ms=ts, dwell_ms=dwell,
-                    item_vec=ITEMS[item], half_life_s=HALF_LIFE_S)
+        apply_event(
+            state,
+            event_type=etype,
+            item_id=item,
+            ts_ms=ts,
+            dwell_ms=dwell,
+            item_vec=ITEMS[item],
+            half_life_s=HALF_LIFE_S,
+        )
     return state
 
 
@@ -79,8 +86,15 @@ def test_dwell_adds_weight_up_to_a_cap() -> None:
 
 def test_event_for_unknown_item_is_parked_then_folded_in() -> None:
     state = UserState.empty(DIM)
-    apply_event(state, event_type="click", item_id="i3", ts_ms=1_700_000_000_000, dwell_ms=None,
-                item_vec=None, half_life_s=HALF_LIFE_S)
+    apply_event(
+        state,
+        event_type="click",
+        item_id="i3",
+        ts_ms=1_700_000_000_000,
+        dwell_ms=None,
+        item_vec=None,
+        half_life_s=HALF_LIFE_S,
+    )
     assert state.events == 1 and not state.is_personal and len(state.pending) == 1
     assert resolve_pending(state, {"i3": ITEMS["i3"]}, HALF_LIFE_S) == 1
     assert float(normalised(state.vec) @ ITEMS["i3"]) > 0.99 and not state.pending
@@ -94,5 +108,10 @@ def test_state_codec_round_trips(events, partition, offset) -> None:
     back = decode_state(encode_state(state))
     np.testing.assert_array_equal(back.vec, state.vec)
     assert (back.events, back.partition, back.offset, back.group, back.ts_ms) == (
-        state.events, state.partition, state.offset, state.group, state.ts_ms)
+        state.events,
+        state.partition,
+        state.offset,
+        state.group,
+        state.ts_ms,
+    )
     assert back.history == state.history and back.consumed() == state.consumed()
