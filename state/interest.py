@@ -124,8 +124,13 @@ class UserState:
 
     def positives(self, limit: int) -> list[HistoryEntry]:
         """The newest ``limit`` positive interactions, newest first."""
-        out = [h for h in reversed(self.history) if h.event_type in POSITIVE_TYPES]
-        return out[:limit]
+        out: list[HistoryEntry] = []
+        for h in reversed(self.history):
+            if h.event_type in POSITIVE_TYPES:
+                out.append(h)
+                if len(out) == limit:
+                    break
+        return out
 
     @property
     def is_personal(self) -> bool:

@@ -22,15 +22,22 @@ from state.popularity import Popularity
 
 FloatMatrix = npt.NDArray[np.float32]
 IndexMatrix = npt.NDArray[np.intp]
+#: ``(query indices, rows)`` to leave out, as numpy fancy-index arrays.
+Exclusions = tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]
+#: Items whose reason names the recent read they resemble; the rest get the generic reason.
+EXPLAINED = 10
 
 
 class CandidateIndex(Protocol):
     """Nearest items by inner product; exact or approximate."""
 
     def search(
-        self, snapshot: CatalogueSnapshot, queries: FloatMatrix, k: int
+        self, snapshot: CatalogueSnapshot, queries: FloatMatrix, k: int, exclude: Exclusions
     ) -> tuple[IndexMatrix, FloatMatrix]:
-        """Return ``(rows, sims)``, each ``(len(queries), k)``; rows ``-1`` pad missing hits."""
+        """Return ``(rows, sims)``, each ``(len(queries), k)``, never an excluded row.
+
+        ``exclude`` is ``(query index, row)`` pairs; rows ``-1`` pad missing hits.
+        """
         ...
 
 
@@ -38,7 +45,7 @@ class ExactIndex:
     """Brute-force matrix product + ``argpartition``; fine up to ~10^5 items on one core."""
 
     def search(
-        self, snapshot: CatalogueSnapshot, queries: FloatMatrix, k: int
+        self, snapshot: CatalogueSnapshot, queries: FloatMatrix, k: int, exclude: Exclusions
     ) -> tuple[IndexMatrix, FloatMatrix]:
         n = len(snapshot)
         b = queries.shape[0]
@@ -47,6 +54,7 @@ class ExactIndex:
         sims = queries @ snapshot.matrix.T
         if snapshot.removed:
             sims[:, ~snapshot.active] = -np.inf
+        sims[exclude] = -np.inf
         k = min(k, n)
         rows = (
             np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (b, 1))
@@ -110,38 +118,50 @@ class Ranker:
         if n == 0 or not requests:
             return [Ranked(r.user_id, [], {}, "popular") for r in requests]
         index_of = snapshot.index
+        batch = len(requests)
         queries = np.stack([r.vec for r in requests]).astype(np.float32, copy=False)
-        n_content = min(n, 4 * k + 64)
-        rows_c, sims_c = self.index.search(snapshot, queries, n_content)
+        pairs = [
+            (b, index_of[i])
+            for b, r in enumerate(requests)
+            for i in r.exclude
+            if index_of.get(i, n) < n
+        ]
+        exclude: Exclusions = (
+            np.asarray([p[0] for p in pairs], dtype=np.intp),
+            np.asarray([p[1] for p in pairs], dtype=np.intp),
+        )
+        longest = max((len(r.exclude) for r in requests), default=0)
+        # Enough content candidates that k survive the exclusions; extras cover collab/pop.
+        rows_c, sims_c = self.index.search(snapshot, queries, min(n, k + 16), exclude)
         recent_rows = [
             [(index_of[i], w) for i, w in r.recent if index_of.get(i, n) < n] for r in requests
         ]
         collab = self.cooccurrence.scores(recent_rows, n)
         pop = self.popularity.normalised(n)
-        rows_x = self._extra_rows(collab, pop, snapshot, len(requests))
+        rows_x = self._extra_rows(collab, snapshot, batch)
         sims_x = np.einsum("bd,bcd->bc", queries, snapshot.matrix[np.maximum(rows_x, 0)])
         rows = np.concatenate([rows_c, rows_x], axis=1)
+        safe = np.maximum(rows, 0)
         sims = np.concatenate([sims_c, sims_x], axis=1)
-        cf = np.take_along_axis(collab.toarray(), np.maximum(rows, 0), axis=1)
+        user_idx = np.broadcast_to(np.arange(batch)[:, None], rows.shape)
+        cf = np.asarray(collab[user_idx.ravel(), safe.ravel()], dtype=np.float32).reshape(
+            rows.shape
+        )
         parts = np.stack(
             [
                 self.weights.content * sims,
                 self.weights.collab * cf,
-                self.weights.popular * pop[np.maximum(rows, 0)],
+                self.weights.popular * pop[safe],
             ]
         )
         score = parts.sum(axis=0)
-        score[(rows < 0) | ~snapshot.active[np.maximum(rows, 0)]] = -np.inf
+        score[(rows < 0) | ~snapshot.active[safe]] = -np.inf
         _mask_duplicates(rows, score)
-        excluded = [
-            b * n + index_of[i]
-            for b, r in enumerate(requests)
-            for i in r.exclude
-            if index_of.get(i, n) < n
-        ]
-        if excluded:
-            offsets = np.arange(len(requests), dtype=np.intp)[:, None] * n
-            score[np.isin(rows + offsets, excluded)] = -np.inf
+        if pairs and longest:
+            # Extras may name consumed items: mask them with a per-batch lookup table.
+            dense = np.zeros((batch, n), dtype=np.bool_)
+            dense[exclude] = True
+            score[np.take_along_axis(dense, safe, axis=1)] = -np.inf
         k = min(k, score.shape[1])
         best = np.argpartition(-score, k - 1, axis=1)[:, :k]
         best = np.take_along_axis(
@@ -155,29 +175,50 @@ class Ranker:
             np.take_along_axis(parts, np.broadcast_to(best, parts.shape[:1] + best.shape), axis=2),
             axis=0,
         )
-        anchors = self._anchors(snapshot, chosen, recent_rows)
-        titles = titles or {}
+        anchors = self._anchors(snapshot, chosen[:, :EXPLAINED], recent_rows)
+        return self._assemble(
+            snapshot, requests, recent_rows, chosen, top_score, strongest, anchors, titles or {}
+        )
+
+    @staticmethod
+    def _assemble(
+        snapshot: CatalogueSnapshot,
+        requests: Sequence[RankRequest],
+        recent_rows: list[list[tuple[int, float]]],
+        chosen: IndexMatrix,
+        top_score: FloatMatrix,
+        strongest: IndexMatrix,
+        anchors: IndexMatrix,
+        titles: dict[str, str],
+    ) -> list[Ranked]:
+        """Python lists per user, converted from the batch arrays in one go (cheaper)."""
+        ids = snapshot.ids
+        # Reason index per item: 0 trending, 1 + 2a (+1 for collaborative) names recent read a,
+        # -1 the generic reason (items past EXPLAINED, or no recent reads).
+        anchor = np.full(chosen.shape, -1, dtype=np.intp)
+        anchor[:, : anchors.shape[1]] = anchors
+        reason = np.where(anchor < 0, -1, 1 + 2 * anchor + (strongest == 1))
+        reason[strongest == 2] = 0
+        valid = np.isfinite(top_score)
+        all_valid = valid.all(axis=1).tolist()
+        rows_l, scores_l, reason_l = chosen.tolist(), top_score.tolist(), reason.tolist()
         out: list[Ranked] = []
         for b, request in enumerate(requests):
-            if not np.any(request.vec) and not recent_rows[b]:
+            if not recent_rows[b] and not np.any(request.vec):
                 out.append(Ranked(request.user_id, [], {}, "popular"))
                 continue
-            valid = np.isfinite(top_score[b])
-            ids = [snapshot.ids[r] for r in chosen[b][valid]]
-            items = list(zip(ids, top_score[b][valid].tolist(), strict=True))
             reasons = _reasons(recent_rows[b], snapshot, titles)
-            why = {
-                item_id: reasons[0] if s == 2 or a < 0 else reasons[1 + 2 * int(a) + int(s == 1)]
-                for item_id, s, a in zip(
-                    ids, strongest[b][valid].tolist(), anchors[b][valid].tolist(), strict=True
-                )
-            }
+            picked = [ids[r] for r in rows_l[b]]
+            items = list(zip(picked, scores_l[b], strict=True))
+            why = dict(zip(picked, [reasons[r] for r in reason_l[b]], strict=True))
+            if not all_valid[b]:
+                keep = valid[b].tolist()
+                items = [it for it, ok in zip(items, keep, strict=True) if ok]
+                why = {i: why[i] for i, _ in items}
             out.append(Ranked(request.user_id, items, why, "personal" if items else "popular"))
         return out
 
-    def _extra_rows(
-        self, collab: object, pop: FloatMatrix, snapshot: CatalogueSnapshot, batch: int
-    ) -> IndexMatrix:
+    def _extra_rows(self, collab: object, snapshot: CatalogueSnapshot, batch: int) -> IndexMatrix:
         """Per user: best collaborative rows and the globally most popular rows (``-1`` pads)."""
         out = np.full((batch, 2 * self.extra), -1, dtype=np.intp)
         top_pop = self.popularity.top(len(snapshot), self.extra)
@@ -214,12 +255,13 @@ class Ranker:
 def _reasons(
     recent: list[tuple[int, float]], snapshot: CatalogueSnapshot, titles: dict[str, str]
 ) -> list[str]:
-    """``["trending", content reason for anchor 0, collab reason for anchor 0, ...]``."""
+    """``["trending", content/collab reasons per recent read ..., generic reason]``."""
     out = ["trending"]
     for row, _ in recent:
         item_id = snapshot.ids[row]
         title = titles.get(item_id, item_id)[:80]
         out += (f"because you read: {title}", f"readers of {title} also read this")
+    out.append("matches your interests")  # index -1
     return out
 
 

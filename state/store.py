@@ -7,8 +7,9 @@ the same conformance checks (tests/unit/test_store_conformance.py).
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -104,3 +105,23 @@ class MemoryStore:
 
     async def set_group_recs(self, group: str, items: list[tuple[str, float]]) -> None:
         self.groups[group] = sorted(items, key=lambda x: -x[1])
+
+
+class MemoryPublisher:
+    """Blocking facade over a :class:`MemoryStore`, as the worker's ranking thread calls it."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def publish_users(
+        self,
+        writes: Sequence[UserWrite],
+        popular: Mapping[str, float] | None = None,
+        keep: int = 1000,
+    ) -> int:
+        async def run() -> int:
+            applied = await self.store.publish_users(writes)
+            await self.store.add_popular(popular or {}, keep)
+            return applied
+
+        return asyncio.run(run())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -49,12 +50,38 @@ class UserTable(faust.Table[bytes, bytes]):
         finally:
             self._partition_hint = None
 
+    async def put_many(self, rows: Sequence[tuple[bytes, bytes, int]]) -> None:
+        """Set many keys; their changelog records go out as one record batch per partition.
+
+        Measured: one ``send_soon`` per key cost ~220 us of event-loop time per user at 1k
+        users/s. The batches join aiokafka's accumulator, which Faust flushes before every
+        offset commit, so the commit-after-changelog guarantee is unchanged.
+        """
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for key, value, partition in rows:
+            self.data[key] = value
+            by_partition.setdefault(partition, []).append((key, value))
+        # Private but stable in the pinned faust-streaming: the underlying AIOKafkaProducer.
+        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
+        topic = self.changelog_topic.get_topic_name()
+        for partition, pairs in by_partition.items():
+            batch = producer.create_batch()
+            for key, value in pairs:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    batch.close()
+                    await producer.send_batch(batch, topic, partition=partition)
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+            batch.close()
+            await producer.send_batch(batch, topic, partition=partition)
+
 
 class StreamrecApp:
     """One worker's Faust app and the state it carries; see the module docstring."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.limits = Limits(settings.max_message_bytes, settings.max_text_chars)
         self.stats = Stats()
         (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
@@ -108,7 +135,6 @@ class StreamrecApp:
 
     def _register(self) -> None:
         app, settings = self.app, self.settings
-        limits = Limits(settings.max_message_bytes, settings.max_text_chars)
 
         @app.task  # type: ignore[untyped-decorator]
         async def start_runtime() -> None:
@@ -124,40 +150,8 @@ class StreamrecApp:
                 len(self.runtime.engine.catalogue),
             )
 
-        @app.agent(self.events_topic, name="events")
-        async def events(stream: faust.StreamT[Any]) -> None:
-            runtime = await self._runtime()
-            processor = EventProcessor(
-                runtime,
-                self.table,
-                self.dead_letters,
-                limits,
-                settings,
-                self.stats,
-                self.executor,
-                self.events_topic.get_topic_name(),
-            )
-            self.event_processor = processor
-            async for batch in cast(faust.Stream[Any], stream).take_events(
-                settings.batch_max_events, within=settings.batch_max_wait_ms / 1000
-            ):
-                await processor.process(batch)
-
-        @app.agent(self.items_topic, name="items")
-        async def items(stream: faust.StreamT[Any]) -> None:
-            runtime = await self._runtime()
-            processor = ItemProcessor(
-                runtime,
-                self.vectors_topic,
-                self.dead_letters,
-                limits,
-                self.stats,
-                self.items_topic.get_topic_name(),
-            )
-            async for batch in cast(faust.Stream[Any], stream).take_events(256, within=0.2):
-                await processor.process(batch)
-
-        self.events_agent, self.items_agent = events, items
+        self.events_agent = app.agent(self.events_topic, name="events")(self._events)
+        self.items_agent = app.agent(self.items_topic, name="items")(self._items)
 
         @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
         async def heartbeat_stats() -> None:
@@ -168,6 +162,8 @@ class StreamrecApp:
                 self.event_processor.forget()
 
         async def close_runtime(sender: Any, *args: Any, **kwargs: Any) -> None:
+            if self.event_processor is not None:
+                self.event_processor.stopping.set()
             if self.runtime is not None:
                 await self.sync.stop()
                 await self.runtime.close()
@@ -176,6 +172,47 @@ class StreamrecApp:
         # faust's signal typing rejects coroutine receivers that it accepts at run time.
         cast(Any, app.on_partitions_revoked).connect(forget_states)
         cast(Any, app.on_before_shutdown).connect(close_runtime)
+
+    async def _events(self, stream: faust.StreamT[Any]) -> None:
+        """The events agent: batches of raw events in, user states and rankings out."""
+        runtime = await self._runtime()
+        settings = self.settings
+        processor = EventProcessor(
+            runtime,
+            self.table,
+            self.dead_letters,
+            self.limits,
+            settings,
+            self.stats,
+            self.executor,
+            self.events_topic.get_topic_name(),
+        )
+        self.event_processor = processor
+        batches = cast(faust.Stream[Any], stream).take_events(
+            settings.batch_max_events, within=settings.batch_max_wait_ms / 1000
+        )
+        async for batch in batches:
+            try:
+                await processor.process(batch)
+            except Exception as exc:  # an escaping exception would ack the batch silently
+                await processor.dead.fail_batch(batch, exc)
+
+    async def _items(self, stream: faust.StreamT[Any]) -> None:
+        """The items agent: encode (cache first) and share vectors on ``item-vectors``."""
+        runtime = await self._runtime()
+        processor = ItemProcessor(
+            runtime,
+            self.vectors_topic,
+            self.dead_letters,
+            self.limits,
+            self.stats,
+            self.items_topic.get_topic_name(),
+        )
+        async for batch in cast(faust.Stream[Any], stream).take_events(256, within=0.2):
+            try:
+                await processor.process(batch)
+            except Exception as exc:
+                await processor.dead.fail_batch(batch, exc)
 
     def _register_pages(self) -> None:
         app = self.app

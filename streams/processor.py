@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +25,7 @@ from state.engine import Interaction
 from state.interest import StateCodecError, UserState, decode_state, encode_state, vector_bytes
 from state.interest import normalised as unit
 from state.popularity import log_add, log_increment
+from state.ranking import RankRequest
 from state.redis_store import UserWrite
 from streams.deadletters import dead_letter_headers
 from streams.records import InvalidRecord, Item, Limits, parse_event, parse_item
@@ -82,6 +84,18 @@ class DeadLetters:
         self.source_topic = source_topic
         self.stats = stats
 
+    async def fail_batch(self, batch: Sequence[Any], exc: Exception) -> None:
+        """Route a batch that failed for a reason no retry fixes to dead-letters, and count it.
+
+        User states already applied stay in the table and reach Redis with the user's next
+        write, so these dead letters record the failure, not a loss.
+        """
+        log.error("batch of %d records failed: %r", len(batch), exc, exc_info=exc)
+        self.stats.counters["batch_errors"] += 1
+        reason = f"{type(exc).__name__}: {exc}"
+        for event in batch:
+            await self.send(event.message, "processing_error", reason)
+
     async def send(self, message: Any, kind: str, reason: str) -> None:
         self.stats.counters["dead_letters"] += 1
         self.stats.counters[f"dead_letters_{kind}"] += 1
@@ -136,6 +150,7 @@ class EventProcessor:
         # decode per event. Cleared on every rebalance, since a partition that leaves and comes
         # back may have been changed by another worker meanwhile.
         self.cache: dict[str, UserState] = {}
+        self.stopping = threading.Event()
 
     def forget(self) -> None:
         """Drop cached states (call when partitions are revoked)."""
@@ -149,22 +164,45 @@ class EventProcessor:
             await self._apply_one(event.message, users, popular)
         if not users:
             return
-        for user_id, pending in users.items():
-            if pending.changed:
-                self.table.put(user_id.encode(), encode_state(pending.state), pending.partition)
-        writes = await self._rank(users)
-        store = self.runtime.store
-        await retry_transient(lambda: store.publish_users(writes), "publishing users", self.stats)
-        await retry_transient(
-            lambda: store.add_popular(popular, self.settings.popular_size),
-            "updating sr:popular",
-            self.stats,
+        requests = [self.engine.request(u, p.state) for u, p in users.items()]
+        writes = [_user_write(u, p.state) for u, p in users.items()]
+        loop = asyncio.get_running_loop()
+        # Ranking and the Redis round trip run on the ranking thread (numpy and hiredis release
+        # the GIL) while the event loop writes the changelog batch.
+        published = loop.run_in_executor(
+            self.executor, self._rank_and_publish, requests, writes, popular
         )
+        rows = [
+            (u.encode(), encode_state(p.state), p.partition) for u, p in users.items() if p.changed
+        ]
+        await self.table.put_many(rows)
+        await published
         now_ms = time.time() * 1000
         for pending in users.values():
             self.stats.freshness_ms.extend(now_ms - t for t in pending.produced_ms)
         self.stats.counters["batches"] += 1
         self.stats.counters["users_published"] += len(writes)
+
+    def _rank_and_publish(
+        self, requests: list[RankRequest], writes: list[UserWrite], popular: dict[str, float]
+    ) -> None:
+        """Ranking thread: top-K per user, then one pipelined round trip (retried if down)."""
+        ranked = self.engine.rank_requests(requests, self.settings.top_k)
+        for write, result in zip(writes, ranked, strict=True):
+            write.items, write.why, write.source = result.items, result.why, result.source
+        self.stats.counters["users_ranked"] += len(writes)
+        delay = 0.1
+        while True:
+            try:
+                self.runtime.publisher.publish_users(writes, popular, self.settings.popular_size)
+                return
+            except _TRANSIENT as exc:
+                if self.stopping.is_set():
+                    raise
+                self.stats.counters["redis_retries"] += 1
+                log.warning("publishing to Redis failed (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
 
     async def _apply_one(
         self, message: Any, users: dict[str, _Pending], popular: dict[str, float]
@@ -227,31 +265,18 @@ class EventProcessor:
         self.cache[user_id] = state
         return state
 
-    async def _rank(self, users: dict[str, _Pending]) -> list[UserWrite]:
-        requests = [self.engine.request(u, p.state) for u, p in users.items()]
-        loop = asyncio.get_running_loop()
-        ranked = await loop.run_in_executor(
-            self.executor, self.engine.rank_requests, requests, self.settings.top_k
-        )
-        writes = []
-        for (user_id, pending), result in zip(users.items(), ranked, strict=True):
-            state = pending.state
-            writes.append(
-                UserWrite(
-                    user_id=user_id,
-                    partition=state.partition,
-                    offset=state.offset,
-                    events=state.events,
-                    vec=vector_bytes(unit(state.vec)),
-                    model_version=state.model_version,
-                    items=result.items,
-                    why=result.why,
-                    source=result.source,
-                    group=state.group,
-                )
-            )
-        self.stats.counters["users_ranked"] += len(writes)
-        return writes
+
+def _user_write(user_id: str, state: UserState) -> UserWrite:
+    """The Redis write for ``state``; ranking fills in the items."""
+    return UserWrite(
+        user_id=user_id,
+        partition=state.partition,
+        offset=state.offset,
+        events=state.events,
+        vec=vector_bytes(unit(state.vec)),
+        model_version=state.model_version,
+        group=state.group,
+    )
 
 
 class ItemProcessor:

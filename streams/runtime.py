@@ -20,7 +20,7 @@ from state.catalogue import Catalogue
 from state.engine import Engine, EngineConfig
 from state.ranking import BlendWeights
 from state.reader import RecsReader
-from state.redis_store import Keys, RedisStore, Ttls
+from state.redis_store import BlockingPublisher, Keys, RedisStore, Ttls
 from streams.settings import Settings
 
 
@@ -69,6 +69,7 @@ class Runtime:
     batcher: MicroBatcher
     embeddings: CachedEncoder
     store: RedisStore
+    publisher: BlockingPublisher
     reader: RecsReader
     engine: Engine
 
@@ -100,6 +101,9 @@ class Runtime:
             batcher=batcher,
             embeddings=CachedEncoder(batcher, encoder.version, cache),
             store=store,
+            publisher=BlockingPublisher(
+                settings.redis_url.get_secret_value(), store.keys, store.ttls
+            ),
             reader=RecsReader(store, settings.popularity_half_life_s),
             engine=make_engine(settings, encoder.dim, encoder.version),
         )
@@ -107,3 +111,4 @@ class Runtime:
     async def close(self) -> None:
         await self.batcher.close()
         await self.store.close()
+        self.publisher.close()

@@ -13,7 +13,7 @@ import orjson
 from state.catalogue import Catalogue
 from state.engine import Engine
 from state.interest import normalised
-from state.store import MemoryStore
+from state.store import MemoryPublisher, MemoryStore
 from streams.app import create_app
 from streams.settings import Settings
 
@@ -44,7 +44,16 @@ async def _until(check: Any, timeout_s: float = 5.0) -> None:
 async def test_events_agent_applies_batches_and_dead_letters_bad_records(tmp_path: Path) -> None:
     sapp = create_app(Settings(web_enabled=False, data_dir=tmp_path, batch_max_wait_ms=20))
     store = MemoryStore()
-    sapp.runtime = SimpleNamespace(engine=_engine(), store=store)  # type: ignore[assignment]
+    sapp.runtime = SimpleNamespace(  # type: ignore[assignment]
+        engine=_engine(), store=store, publisher=MemoryPublisher(store)
+    )
+
+    async def put_many(rows: list[tuple[bytes, bytes, int]]) -> None:
+        # No broker here: keep the rows locally (the changelog path runs in integration tests).
+        for key, value, _ in rows:
+            sapp.table.data[key] = value
+
+    sapp.table.put_many = put_many  # type: ignore[method-assign]
     sapp.ready.set()
     letters: list[dict[str, Any]] = []
 
