@@ -1,0 +1,102 @@
+"""Integration fixtures: one real broker and one real Redis per session, on loopback ports.
+
+``STREAMREC_TEST_BROKER=tansu|apache-kafka|external`` picks the broker (default: Apache Kafka
+when ``java`` and ``mvn`` are on PATH, else Tansu). ``external`` uses ``STREAMREC_BROKER`` and
+``STREAMREC_REDIS_URL`` as given, starting Valkey only when the latter is unset. Every test in
+this folder gets the ``integration`` marker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from streams.kafka_launcher import ApacheKafka
+from streams.services import Broker, EmbeddedStack, Valkey, bootstrap_from_url
+
+HERE = Path(__file__).parent
+KINDS = ("tansu", "apache-kafka", "external")
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What the tests talk to; ``broker`` is the handle of an embedded broker, else None."""
+
+    kind: str
+    broker_url: str
+    bootstrap: str
+    redis_url: str
+    broker: Broker | None = None
+
+    @property
+    def kafka(self) -> ApacheKafka | None:
+        """The Apache Kafka handle (for restarts) when that is the broker under test."""
+        return self.broker if isinstance(self.broker, ApacheKafka) else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # This hook sees the whole session's items, not just this folder's.
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.integration)
+
+
+def selected_broker() -> str:
+    """The broker kind from STREAMREC_TEST_BROKER, or the default for this machine."""
+    kind = os.environ.get("STREAMREC_TEST_BROKER", "")
+    if not kind:
+        return "apache-kafka" if shutil.which("java") and shutil.which("mvn") else "tansu"
+    if kind not in KINDS:
+        raise pytest.UsageError(
+            f"STREAMREC_TEST_BROKER must be one of {', '.join(KINDS)}, got {kind!r}"
+        )
+    return kind
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The broker and Redis for the whole session, stopped at its end."""
+    kind = selected_broker()
+    work_dir = tmp_path_factory.mktemp("services")
+    if kind != "external":
+        with EmbeddedStack(work_dir, broker=kind) as embedded:
+            yield Stack(
+                kind, embedded.broker_url, embedded.bootstrap, embedded.redis_url, embedded.broker
+            )
+        return
+    broker_url = os.environ.get("STREAMREC_BROKER", "")
+    if not broker_url.startswith("kafka://"):
+        raise pytest.UsageError(
+            f"STREAMREC_TEST_BROKER=external needs STREAMREC_BROKER=kafka://HOST:PORT, "
+            f"got {broker_url!r}"
+        )
+    redis_url = os.environ.get("STREAMREC_REDIS_URL", "")
+    if redis_url:
+        yield Stack(kind, broker_url, bootstrap_from_url(broker_url), redis_url)
+        return
+    with Valkey(work_dir / "valkey") as valkey:
+        yield Stack(kind, broker_url, bootstrap_from_url(broker_url), valkey.url)
+
+
+@pytest.fixture
+def redis_client(stack: Stack) -> Iterator[redis.Redis]:
+    """A client on the session's Redis, database flushed before the test."""
+    client = redis.Redis.from_url(stack.redis_url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def topic_names() -> str:
+    """A topic-name prefix unique to this test (``t1a2b3c4d-``), so tests never share topics."""
+    return f"t{uuid.uuid4().hex[:8]}-"
