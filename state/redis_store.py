@@ -116,6 +116,10 @@ class Ttls:
 Arg = bytes | str | int | float
 
 
+class RedisUnavailable(RuntimeError):
+    """Redis did not answer; the message names the URL setting."""
+
+
 def publish_call(keys: Keys, ttls: Ttls, w: UserWrite, now_ms: int) -> tuple[list[str], list[Arg]]:
     """``(KEYS, ARGV)`` of :data:`PUBLISH_USER_LUA` for one user write."""
     # The top-K travels as one JSON argument ([score, member, ...]) that cjson decodes in the
@@ -162,6 +166,15 @@ class BlockingPublisher:
         self.ttls = ttls or Ttls()
         self._publish = self.client.register_script(PUBLISH_USER_LUA)
         self._popular = self.client.register_script(POPULAR_ADD_LUA)
+
+    def ping(self, where: str) -> None:
+        """Fail fast, naming the setting, when Redis does not answer."""
+        try:
+            self.client.ping()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {where} (STREAMREC_REDIS_URL): {exc}"
+            ) from exc
 
     def publish_users(
         self,

@@ -79,7 +79,7 @@ class UserTable(faust.Table[bytes, bytes]):
 class StreamrecApp:
     """One worker's Faust app and the state it carries; see the module docstring."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
         self.settings = settings
         self.limits = Limits(settings.max_message_bytes, settings.max_text_chars)
         self.stats = Stats()
@@ -99,6 +99,10 @@ class StreamrecApp:
             producer_max_request_size=MAX_REQUEST_BYTES,
             consumer_max_fetch_size=MAX_REQUEST_BYTES,
             broker_max_poll_records=settings.batch_max_events,
+            # Far above one batch: when a stream buffer fills, faust-streaming pauses the
+            # partition and can drop records it already fetched (faust-streaming#88); we saw
+            # events lost after a restart with the 4096 default while the first batch waited.
+            stream_buffer_maxsize=max(65_536, 16 * settings.batch_max_events),
             # Faust defaults wait seconds "for more nodes to join" before each recovery.
             stream_recovery_delay=0.0,
             # Tansu holds a JoinGroup for about half the rebalance timeout before answering, so
@@ -126,7 +130,7 @@ class StreamrecApp:
             beacon=self.app.tables.beacon,
         )
         self.app.tables.add(self.table)
-        self.runtime: Runtime | None = None
+        self.runtime: Runtime | None = runtime
         self.event_processor: EventProcessor | None = None
         self.ready = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank")
@@ -140,7 +144,9 @@ class StreamrecApp:
         async def start_runtime() -> None:
             await self.vectors_topic.maybe_declare()
             await self.dead_letters.maybe_declare()
-            self.runtime = await Runtime.start(settings)
+            if self.runtime is None:
+                self.runtime = Runtime.build(settings)  # in-process use (tests); CLI pre-builds
+            await self.runtime.start()
             self.sync = CatalogueSync(settings, self.runtime.engine, self.stats)
             await self.sync.start()
             self.ready.set()
@@ -175,40 +181,49 @@ class StreamrecApp:
 
     async def _events(self, stream: faust.StreamT[Any]) -> None:
         """The events agent: batches of raw events in, user states and rankings out."""
-        runtime = await self._runtime()
         settings = self.settings
-        processor = EventProcessor(
-            runtime,
-            self.table,
-            self.dead_letters,
-            self.limits,
-            settings,
-            self.stats,
-            self.executor,
-            self.events_topic.get_topic_name(),
-        )
-        self.event_processor = processor
         batches = cast(faust.Stream[Any], stream).take_events(
             settings.batch_max_events, within=settings.batch_max_wait_ms / 1000
         )
+        # Iterate from the first moment and wait for the runtime inside the loop: Faust may
+        # drop events delivered to an agent that has not started iterating its stream yet
+        # (measured: events lost after a restart when the wait came first).
         async for batch in batches:
+            processor = self.event_processor or await self._event_processor()
+
             try:
                 await processor.process(batch)
             except Exception as exc:  # an escaping exception would ack the batch silently
                 await processor.dead.fail_batch(batch, exc)
 
-    async def _items(self, stream: faust.StreamT[Any]) -> None:
-        """The items agent: encode (cache first) and share vectors on ``item-vectors``."""
-        runtime = await self._runtime()
-        processor = ItemProcessor(
+    async def _event_processor(self) -> EventProcessor:
+        # The runtime is pre-built by `streamrec worker`, so this does not wait there.
+        runtime = self.runtime if self.runtime is not None else await self._runtime()
+        self.event_processor = EventProcessor(
             runtime,
-            self.vectors_topic,
+            self.table,
             self.dead_letters,
             self.limits,
+            self.settings,
             self.stats,
-            self.items_topic.get_topic_name(),
+            self.executor,
+            self.events_topic.get_topic_name(),
         )
+        return self.event_processor
+
+    async def _items(self, stream: faust.StreamT[Any]) -> None:
+        """The items agent: encode (cache first) and share vectors on ``item-vectors``."""
+        processor: ItemProcessor | None = None
         async for batch in cast(faust.Stream[Any], stream).take_events(256, within=0.2):
+            if processor is None:
+                processor = ItemProcessor(
+                    await self._runtime(),
+                    self.vectors_topic,
+                    self.dead_letters,
+                    self.limits,
+                    self.stats,
+                    self.items_topic.get_topic_name(),
+                )
             try:
                 await processor.process(batch)
             except Exception as exc:
@@ -239,6 +254,18 @@ class StreamrecApp:
                     self.stats.freshness_ms.clear()
                 return body
 
+        @app.page("/debug/tasks")
+        class Tasks(View):
+            async def get(self_view, request: Request) -> Response:
+                import io
+
+                out = []
+                for t in asyncio.all_tasks():
+                    buf = io.StringIO()
+                    t.print_stack(limit=8, file=buf)
+                    out.append(buf.getvalue())
+                return self_view.json({"tasks": out})
+
         @app.page("/healthz")
         class Health(View):
             async def get(self_view, request: Request) -> Response:
@@ -253,6 +280,6 @@ class StreamrecApp:
         return self.runtime
 
 
-def create_app(settings: Settings) -> StreamrecApp:
-    """A fresh, unstarted streamrec worker app for ``settings``."""
-    return StreamrecApp(settings)
+def create_app(settings: Settings, runtime: Runtime | None = None) -> StreamrecApp:
+    """A fresh, unstarted streamrec worker app for ``settings`` (and a pre-built runtime)."""
+    return StreamrecApp(settings, runtime)

@@ -46,10 +46,18 @@ def worker(loglevel: str) -> None:
     """Run one worker (one consumer-group member); run N of them to scale."""
     from faust.worker import Worker
 
+    from encoders.registry import ModelNotFoundError
+    from state.redis_store import RedisUnavailable
     from streams.app import create_app
+    from streams.runtime import Runtime
 
     settings = _settings()
-    sapp = create_app(settings)
+    logging.basicConfig(level=getattr(logging, loglevel.upper()))
+    try:
+        runtime = Runtime.build(settings)
+    except (RedisUnavailable, ModelNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    sapp = create_app(settings, runtime)
     Worker(sapp.app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 

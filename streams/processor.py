@@ -49,6 +49,7 @@ class Stats:
 
     counters: Counter[str] = field(default_factory=Counter)
     freshness_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+    positions: dict[int, int] = field(default_factory=dict)  # events partition -> last offset
     started: float = field(default_factory=time.monotonic)
 
     def tick(self) -> None:
@@ -57,6 +58,7 @@ class Stats:
     def as_json(self) -> dict[str, Any]:
         fresh = np.asarray(self.freshness_ms, dtype=np.float64)
         out: dict[str, Any] = dict(self.counters)
+        out["positions"] = {str(p): o for p, o in sorted(self.positions.items())}
         if fresh.size:
             out["freshness_p50_ms"] = float(np.percentile(fresh, 50))
             out["freshness_p99_ms"] = float(np.percentile(fresh, 99))
@@ -160,6 +162,11 @@ class EventProcessor:
         """Apply, rank and publish one batch; never raises for anything a record contains."""
         users: dict[str, _Pending] = {}
         popular: dict[str, float] = {}
+        if True:
+            spans: dict[int, list[int]] = {}
+            for event in batch:
+                spans.setdefault(event.message.partition, []).append(event.message.offset)
+            log.warning("SPAN %s", {p: (min(o), max(o), len(o)) for p, o in spans.items()})
         for event in batch:
             await self._apply_one(event.message, users, popular)
         if not users:
@@ -207,6 +214,7 @@ class EventProcessor:
     async def _apply_one(
         self, message: Any, users: dict[str, _Pending], popular: dict[str, float]
     ) -> None:
+        self.stats.positions[message.partition] = message.offset
         try:
             record = parse_event(message.value, message.key, self.limits)
         except InvalidRecord as exc:

@@ -6,7 +6,6 @@ runtime without a broker.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from dataclasses import dataclass
 
@@ -20,20 +19,18 @@ from state.catalogue import Catalogue
 from state.engine import Engine, EngineConfig
 from state.ranking import BlendWeights
 from state.reader import RecsReader
-from state.redis_store import BlockingPublisher, Keys, RedisStore, Ttls
+from state.redis_store import BlockingPublisher, Keys, RedisStore, RedisUnavailable, Ttls
 from streams.settings import Settings
 
 
-class RedisUnavailable(RuntimeError):
-    """Redis did not answer at start-up."""
+def _ttls(settings: Settings) -> Ttls:
+    return Ttls(user_s=settings.user_ttl_s, recs_s=settings.recs_ttl_s, item_s=settings.item_ttl_s)
 
 
 def make_store(settings: Settings) -> RedisStore:
     """A :class:`RedisStore` for the configured URL, prefix and TTLs."""
     return RedisStore.from_url(
-        settings.redis_url.get_secret_value(),
-        Keys(settings.redis_prefix),
-        Ttls(user_s=settings.user_ttl_s, recs_s=settings.recs_ttl_s, item_s=settings.item_ttl_s),
+        settings.redis_url.get_secret_value(), Keys(settings.redis_prefix), _ttls(settings)
     )
 
 
@@ -78,35 +75,41 @@ class Runtime:
         return self.encoder.version
 
     @classmethod
-    async def start(cls, settings: Settings) -> Runtime:
-        """Load the encoder (off the event loop), connect Redis, build an empty engine."""
+    def build(cls, settings: Settings) -> Runtime:
+        """Load the encoder and connect Redis, before any event loop or consumer exists.
+
+        A worker builds this before it joins the consumer group, so its first batch never
+        waits: faust-streaming can drop records delivered while an agent's first batch is
+        blocked (seen as lost events after a restart).
+        """
+        publisher = BlockingPublisher(
+            settings.redis_url.get_secret_value(), Keys(settings.redis_prefix), _ttls(settings)
+        )
+        publisher.ping(settings.redis_url.get_secret_value().split("@")[-1])
         store = make_store(settings)
-        await check_redis(store, settings.redis_url.get_secret_value().split("@")[-1])
-        model_dir = resolve_model_dir(settings.model)
-        loop = asyncio.get_running_loop()
-        encoder = await loop.run_in_executor(
-            None,
-            functools.partial(TextEncoder, model_dir, settings.device, settings.encoder_max_tokens),
+        encoder = TextEncoder(
+            resolve_model_dir(settings.model), settings.device, settings.encoder_max_tokens
         )
         batcher = MicroBatcher(
             functools.partial(encoder.encode, batch_size=settings.encoder_max_batch),
             max_batch=settings.encoder_max_batch,
             max_wait_ms=settings.encoder_max_wait_ms,
         )
-        await batcher.start()
         cache = RedisCache(store.client, store.keys.embedding, settings.item_ttl_s)
-        await store.set_model(encoder.version)
         return cls(
             encoder=encoder,
             batcher=batcher,
             embeddings=CachedEncoder(batcher, encoder.version, cache),
             store=store,
-            publisher=BlockingPublisher(
-                settings.redis_url.get_secret_value(), store.keys, store.ttls
-            ),
+            publisher=publisher,
             reader=RecsReader(store, settings.popularity_half_life_s),
             engine=make_engine(settings, encoder.dim, encoder.version),
         )
+
+    async def start(self) -> None:
+        """The event-loop half of start-up: encoder batcher task, active model version."""
+        await self.batcher.start()
+        await self.store.set_model(self.encoder.version)
 
     async def close(self) -> None:
         await self.batcher.close()

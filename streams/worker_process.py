@@ -26,7 +26,10 @@ class WorkerStartError(RuntimeError):
 class WorkerProcess:
     """One ``streamrec worker`` child with its own data dir, web port and log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, web_port: int) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, web_port: int, loglevel: str = "warning"
+    ) -> None:
+        self.loglevel = loglevel
         self.env = {
             **os.environ,
             **env,
@@ -48,7 +51,7 @@ class WorkerProcess:
             "from streams.cli import main; main()",
             "worker",
             "--loglevel",
-            "warning",
+            self.loglevel,
         ]
         self.proc = subprocess.Popen(  # noqa: S603 - our own CLI
             cmd,
@@ -56,6 +59,7 @@ class WorkerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=self.log_path.parent,  # not the checkout: run the installed package
         )
         return self
 

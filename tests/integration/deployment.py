@@ -13,12 +13,12 @@ from typing import Any
 import orjson
 import redis
 from kafka import KafkaConsumer, TopicPartition
+from streams.services import create_topics, free_port
 
 from state.redis_store import Keys
 from streams.demo import publish_items, topic_specs, wait_for_items, worker_env
 from streams.produce import make_producer
 from streams.records import DEAD_LETTERS, EVENTS, ITEMS
-from streams.services import create_topics, free_port
 from streams.synthetic import SyntheticWorld
 from streams.worker_process import WorkerProcess
 
@@ -47,15 +47,22 @@ class Deployment:
 
     def env(self, data_dir: Path, **extra: str) -> dict[str, str]:
         return worker_env(
-            self.broker_url, self.redis_url, data_dir, PARTITIONS,
-            STREAMREC_TOPIC_PREFIX=self.topic_prefix, STREAMREC_REDIS_PREFIX=self.keys.prefix,
-            STREAMREC_APP_ID=f"streamrec-{self.tag}", STREAMREC_TOP_K="20", **extra,
+            self.broker_url,
+            self.redis_url,
+            data_dir,
+            PARTITIONS,
+            STREAMREC_TOPIC_PREFIX=self.topic_prefix,
+            STREAMREC_REDIS_PREFIX=self.keys.prefix,
+            STREAMREC_APP_ID=f"streamrec-{self.tag}",
+            STREAMREC_TOP_K="20",
+            **extra,
         )
 
     def start_worker(self, name: str = "w0", wait: bool = True, **extra: str) -> WorkerProcess:
         data_dir = self.workdir / name
-        worker = WorkerProcess(self.env(data_dir, **extra), self.workdir / f"{name}.log",
-                               free_port()).start()
+        worker = WorkerProcess(
+            self.env(data_dir, **extra), self.workdir / f"{name}.log", free_port()
+        ).start()
         self.workers.append(worker)
         if wait:
             worker.wait_ready()
@@ -68,19 +75,28 @@ class Deployment:
 
     def publish_world(self, world: SyntheticWorld) -> None:
         publish_items([self.bootstrap], self.topic(ITEMS), world)
-        wait_for_items(self.redis, self.keys, [i["item_id"] for i in world.items],
-                       timeout_s=300, progress=False)
+        wait_for_items(
+            self.redis,
+            self.keys,
+            [i["item_id"] for i in world.items],
+            timeout_s=300,
+            progress=False,
+        )
 
-    def publish_events(self, records: Iterable[dict[str, Any] | tuple[bytes | None, bytes]]
-                       ) -> Counter[str]:
+    def publish_events(
+        self, records: Iterable[dict[str, Any] | tuple[bytes | None, bytes]]
+    ) -> Counter[str]:
         """Publish events (dicts keyed by user, or raw ``(key, value)``); count per user."""
         counts: Counter[str] = Counter()
         producer = make_producer([self.bootstrap])
         try:
             for record in records:
                 if isinstance(record, dict):
-                    producer.send(self.topic(EVENTS), key=record["user_id"].encode(),
-                                  value=orjson.dumps(record))
+                    producer.send(
+                        self.topic(EVENTS),
+                        key=record["user_id"].encode(),
+                        value=orjson.dumps(record),
+                    )
                     counts[record["user_id"]] += 1
                 else:
                     producer.send(self.topic(EVENTS), key=record[0], value=record[1])
@@ -96,8 +112,9 @@ class Deployment:
             pipe.hget(self.keys.user(user), "events")
         return {u: int(v or 0) for u, v in zip(ordered, pipe.execute(), strict=True)}
 
-    def wait_counts(self, expected: Counter[str], timeout_s: float = 180.0,
-                    settle_s: float = 3.0) -> dict[str, int]:
+    def wait_counts(
+        self, expected: Counter[str], timeout_s: float = 180.0, settle_s: float = 3.0
+    ) -> dict[str, int]:
         """Wait until Redis counts reach ``expected``, then a little longer to catch overshoot."""
         deadline = time.monotonic() + timeout_s
         counts = self.user_events(expected)
@@ -113,10 +130,14 @@ class Deployment:
         return [m.decode() for m in self.redis.zrevrange(self.keys.recs(user), 0, k - 1)]
 
     def dead_letters(self, expected: int, timeout_s: float = 60.0) -> list[Any]:
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                 auto_offset_reset="earliest", consumer_timeout_ms=1000,
-                                 fetch_max_bytes=16 * 1024 * 1024,
-                                 max_partition_fetch_bytes=16 * 1024 * 1024)
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=1000,
+            fetch_max_bytes=16 * 1024 * 1024,
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+        )
         tp = TopicPartition(self.topic(DEAD_LETTERS), 0)
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
