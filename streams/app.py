@@ -17,6 +17,7 @@ import faust
 from faust.web import Request, Response, View
 
 from streams.catalogue_sync import CatalogueSync
+from streams.gap_repair import GapRepair
 from streams.processor import EventProcessor, ItemProcessor, Stats
 from streams.records import DEAD_LETTERS, EVENTS, ITEM_VECTORS, ITEMS, Limits
 from streams.runtime import Runtime
@@ -170,6 +171,8 @@ class StreamrecApp:
         async def close_runtime(sender: Any, *args: Any, **kwargs: Any) -> None:
             if self.event_processor is not None:
                 self.event_processor.stopping.set()
+                if self.event_processor.gaps is not None:
+                    await self.event_processor.gaps.close()
             if self.runtime is not None:
                 await self.sync.stop()
                 await self.runtime.close()
@@ -199,6 +202,11 @@ class StreamrecApp:
     async def _event_processor(self) -> EventProcessor:
         # The runtime is pre-built by `streamrec worker`, so this does not wait there.
         runtime = self.runtime if self.runtime is not None else await self._runtime()
+        gaps = GapRepair(
+            self.settings.bootstrap_servers,
+            self.settings.app_id,
+            self.events_topic.get_topic_name(),
+        )
         self.event_processor = EventProcessor(
             runtime,
             self.table,
@@ -208,6 +216,7 @@ class StreamrecApp:
             self.stats,
             self.executor,
             self.events_topic.get_topic_name(),
+            gaps,
         )
         return self.event_processor
 

@@ -28,6 +28,7 @@ from state.popularity import log_add, log_increment
 from state.ranking import RankRequest
 from state.redis_store import UserWrite
 from streams.deadletters import dead_letter_headers
+from streams.gap_repair import GapRepair
 from streams.records import InvalidRecord, Item, Limits, parse_event, parse_item
 from streams.records_vectors import ItemVector, encode_item_vector
 from streams.runtime import Runtime
@@ -139,6 +140,7 @@ class EventProcessor:
         stats: Stats,
         executor: Executor,
         source_topic: str,
+        gaps: GapRepair | None = None,
     ) -> None:
         self.runtime = runtime
         self.engine = runtime.engine
@@ -153,22 +155,48 @@ class EventProcessor:
         # back may have been changed by another worker meanwhile.
         self.cache: dict[str, UserState] = {}
         self.stopping = threading.Event()
+        self.next_offset: dict[int, int] = {}  # partition -> offset expected next
+        self.gaps = gaps
 
     def forget(self) -> None:
-        """Drop cached states (call when partitions are revoked)."""
+        """Drop cached states and expected offsets (call when partitions are revoked)."""
         self.cache.clear()
+        self.next_offset.clear()
+
+    async def _without_gaps(self, messages: list[Any]) -> list[Any]:
+        """``messages`` per partition in offset order, with any skipped range refetched."""
+        by_partition: dict[int, list[Any]] = {}
+        for message in messages:
+            by_partition.setdefault(message.partition, []).append(message)
+        out: list[Any] = []
+        for partition, items in by_partition.items():
+            items.sort(key=lambda m: m.offset)
+            expected = self.next_offset.get(partition)
+            if expected is None and self.gaps is not None:
+                expected = await self.gaps.committed(partition)
+            for message in items:
+                if expected is not None and message.offset > expected and self.gaps is not None:
+                    missing = await self.gaps.fetch(partition, expected, message.offset)
+                    self.stats.counters["gap_events_refetched"] += len(missing)
+                    log.warning(
+                        "partition %d: stream skipped offsets %d..%d; refetched %d",
+                        partition,
+                        expected,
+                        message.offset - 1,
+                        len(missing),
+                    )
+                    out.extend(missing)
+                out.append(message)
+                expected = max(expected or 0, message.offset + 1)
+            self.next_offset[partition] = expected or 0
+        return out
 
     async def process(self, batch: Sequence[Any]) -> None:
         """Apply, rank and publish one batch; never raises for anything a record contains."""
         users: dict[str, _Pending] = {}
         popular: dict[str, float] = {}
-        if True:
-            spans: dict[int, list[int]] = {}
-            for event in batch:
-                spans.setdefault(event.message.partition, []).append(event.message.offset)
-            log.warning("SPAN %s", {p: (min(o), max(o), len(o)) for p, o in spans.items()})
-        for event in batch:
-            await self._apply_one(event.message, users, popular)
+        for message in await self._without_gaps([event.message for event in batch]):
+            await self._apply_one(message, users, popular)
         if not users:
             return
         requests = [self.engine.request(u, p.state) for u, p in users.items()]

@@ -1,0 +1,78 @@
+"""Refetching events that the stream engine skipped, so that acknowledged means applied.
+
+faust-streaming can drop records it already fetched (buffer-full and recovery paths, see
+faust-streaming#88/#312) and still advance past them. The events agent knows the offsets it
+expects per partition; when a batch jumps ahead, this reads the missing range with a plain
+group-less fetch and hands it back, so the batch is applied without holes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+#: Give up on a range after this long without progress (the records may be gone: retention).
+FETCH_TIMEOUT_MS = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A refetched message with the attributes the processor reads from Faust messages."""
+
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    offset: int
+    timestamp: float  # seconds, like faust.types.Message.timestamp
+
+
+class GapRepair:
+    """Reads offset ranges of one topic, and the group's committed offsets, on demand."""
+
+    def __init__(self, bootstrap: list[str], group_id: str, topic: str) -> None:
+        self.topic = topic
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        self._started = False
+
+    async def _ready(self) -> AIOKafkaConsumer:
+        if not self._started:
+            await self._consumer.start()
+            self._started = True
+        return self._consumer
+
+    async def committed(self, partition: int) -> int:
+        """Where the group resumes ``partition``: its committed offset, else the log start."""
+        consumer = await self._ready()
+        tp = TopicPartition(self.topic, partition)
+        offset = await consumer.committed(tp)
+        if offset is None or offset < 0:
+            offset = (await consumer.beginning_offsets([tp]))[tp]
+        return int(offset)
+
+    async def fetch(self, partition: int, start: int, stop: int) -> list[Record]:
+        """Records with ``start <= offset < stop`` (fewer if the log no longer has them)."""
+        consumer = await self._ready()
+        tp = TopicPartition(self.topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        out: list[Record] = []
+        while True:
+            batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS)
+            records = batch.get(tp, [])
+            if not records:
+                return out
+            for r in records:
+                if r.offset >= stop:
+                    return out
+                out.append(Record(r.key, r.value, r.partition, r.offset, r.timestamp / 1000))
+
+    async def close(self) -> None:
+        if self._started:
+            await self._consumer.stop()
