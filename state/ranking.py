@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -200,7 +200,7 @@ class Ranker:
         reason = np.where(anchor < 0, -1, 1 + 2 * anchor + (strongest == 1))
         reason[strongest == 2] = 0
         valid = np.isfinite(top_score)
-        all_valid: list[bool] = valid.all(axis=1).tolist()
+        all_valid = cast(list[bool], valid.all(axis=1).tolist())
         rows_l, scores_l, reason_l = chosen.tolist(), top_score.tolist(), reason.tolist()
         out: list[Ranked] = []
         for b, request in enumerate(requests):
