@@ -200,8 +200,9 @@ class StreamrecApp:
                 await processor.dead.fail_batch(batch, exc)
 
     async def _event_processor(self) -> EventProcessor:
-        # The runtime is pre-built by `streamrec worker`, so this does not wait there.
-        runtime = self.runtime if self.runtime is not None else await self._runtime()
+        # Rank against the catalogue as loaded at start, not a partial one. Waiting here is
+        # safe: whatever the stream engine skips meanwhile, gap repair refetches.
+        runtime = await self._runtime()
         gaps = GapRepair(
             self.settings.bootstrap_servers,
             self.settings.app_id,
@@ -258,22 +259,13 @@ class StreamrecApp:
         @app.page("/stats")
         class StatsPage(View):
             async def get(self_view, request: Request) -> Response:
-                body = self_view.json(self.stats.as_json())
+                figures = self.stats.as_json()
+                if self.runtime is not None:
+                    figures["catalogue_items"] = len(self.runtime.engine.catalogue)
+                body = self_view.json(figures)
                 if request.query.get("reset") == "1":  # start a fresh freshness window
                     self.stats.freshness_ms.clear()
                 return body
-
-        @app.page("/debug/tasks")
-        class Tasks(View):
-            async def get(self_view, request: Request) -> Response:
-                import io
-
-                out = []
-                for t in asyncio.all_tasks():
-                    buf = io.StringIO()
-                    t.print_stack(limit=8, file=buf)
-                    out.append(buf.getvalue())
-                return self_view.json({"tasks": out})
 
         @app.page("/healthz")
         class Health(View):

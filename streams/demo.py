@@ -145,6 +145,8 @@ def run_demo(users: int, n_items: int, rate: float, duration_s: float, broker: s
             client = redis.Redis.from_url(stack.redis_url)
             keys = Keys()
             wait_for_items(client, keys, [i["item_id"] for i in world.items])
+            while worker.stats().get("catalogue_items", 0) < len(world.items):
+                time.sleep(0.1)
             watched = list(world.users)[:WATCHED]
             stream_events(stack.bootstrap, world, rate, duration_s, client, keys, watched)
             stats = worker.stats()

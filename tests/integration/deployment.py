@@ -13,12 +13,12 @@ from typing import Any
 import orjson
 import redis
 from kafka import KafkaConsumer, TopicPartition
-from streams.services import create_topics, free_port
 
 from state.redis_store import Keys
 from streams.demo import publish_items, topic_specs, wait_for_items, worker_env
 from streams.produce import make_producer
 from streams.records import DEAD_LETTERS, EVENTS, ITEMS
+from streams.services import create_topics, free_port
 from streams.synthetic import SyntheticWorld
 from streams.worker_process import WorkerProcess
 
@@ -82,6 +82,13 @@ class Deployment:
             timeout_s=300,
             progress=False,
         )
+        # Events ranked before every worker's catalogue holds the items would rank against a
+        # partial catalogue, so wait for the workers too (item-vectors lags sr:item slightly).
+        deadline = time.monotonic() + 60
+        for worker in self.workers:
+            while worker.stats().get("catalogue_items", 0) < len(world.items):
+                assert time.monotonic() < deadline, "worker catalogue did not catch up"
+                time.sleep(0.1)
 
     def publish_events(
         self, records: Iterable[dict[str, Any] | tuple[bytes | None, bytes]]
