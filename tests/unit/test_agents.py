@@ -15,6 +15,7 @@ from state.engine import Engine
 from state.interest import normalised
 from state.store import MemoryPublisher, MemoryStore
 from streams.app import create_app
+from streams.processor import EventProcessor
 from streams.settings import Settings
 
 DIM = 8
@@ -61,6 +62,18 @@ async def test_events_agent_applies_batches_and_dead_letters_bad_records(tmp_pat
         letters.append(kwargs)
 
     sapp.dead_letters.send = capture  # type: ignore[method-assign]
+    # No broker in a unit test: no gap repair (it reads committed offsets from Kafka).
+    sapp.event_processor = EventProcessor(
+        sapp.runtime,
+        sapp.table,
+        sapp.dead_letters,
+        sapp.limits,
+        sapp.settings,
+        sapp.stats,
+        sapp.executor,
+        "events",
+        gaps=None,
+    )
     async with sapp.events_agent.test_context() as agent:
         for n in range(5):
             event = {
