@@ -17,9 +17,21 @@ import torch
 from encoders.registry import resolve_model_dir
 from encoders.text import TextEncoder
 
-# Measured on the 2-core development CPU (no GPU), all-MiniLM-L6-v2, torch default threads,
-# 256 texts from sample_texts(), items/s by batch size: 1: 50.3, 4: 15.9, 8: 9.1, 16: 33.5,
-# 32: 49.7, 64: 45.4 (streamrec bench, 2026-11-25): batch 8 is the worst; 1 or 32 are best.
+# Measured with `python -m encoders.bench` on the 2-core development CPU (no GPU), MiniLM,
+# 512 sample_texts() (median 17 tokens, half with bodies up to 128), torch's default 2 threads,
+# items/s over five runs on a shared machine:
+#   batch     1      4       8        16        32        64
+#          45-72  83-149  113-174  131-189   115-177   109-147
+# Batch 16 was best in four runs (8 in the other); 32 is 2-18% behind, 1 is 2.5-3x slower.
+# encoder_ratio was 2.2-3.0 on this mixed-length sample (unsorted batches pad titles to
+# bodies) and 0.95-1.08 on uniform 12-word texts, where sorting cannot help: tokenising and
+# pooling cost little.
+# An earlier `streamrec bench` sweep (1: 50, 4: 16, 8: 9, 16: 34, 32: 50, 64: 45) showed
+# contention, not a batch-size effect: with another busy process on the box, 2 torch threads
+# fell to 9 items/s at batch 8 and 34 at batch 32 (16 tokens) while 1 thread gave 175 and 195,
+# because each small op waits at a barrier for the descheduled second thread and small batches
+# run the most ops per text. Idle, 2 threads beat 1 by 1.3-1.6x, so torch's default is left
+# alone here; compare on the target host with `--threads 1`.
 
 _WORDS = (
     "football soccer match goal team player coach season league cup final transfer striker "

@@ -226,6 +226,22 @@ async def test_error_reaches_only_the_callers_of_its_batch() -> None:
     assert (batcher.batches_failed, batcher.batches_run) == (1, 1)
 
 
+async def test_cancelled_caller_texts_are_not_encoded() -> None:
+    calls: list[list[str]] = []
+
+    def encode_fn(texts: list[str]) -> Vectors:
+        calls.append(texts)
+        return numbers(texts)
+
+    async with MicroBatcher(encode_fn, max_batch=32, max_wait_ms=50) as batcher:
+        gone = asyncio.create_task(batcher.encode(["1"]))
+        kept = asyncio.create_task(batcher.encode(["2"]))
+        await asyncio.sleep(0)
+        gone.cancel()
+        np.testing.assert_array_equal((await kept)[:, 0], [2])
+    assert calls == [["2"]]
+
+
 async def test_event_loop_keeps_running_while_encoding() -> None:
     def slow(texts: list[str]) -> Vectors:
         time.sleep(0.3)
