@@ -36,21 +36,6 @@ class UserTable(faust.Table[bytes, bytes]):
     so the current event is usually some other user's; we pass the right one explicitly.
     """
 
-    _partition_hint: int | None = None
-
-    def partition_for_key(self, key: Any) -> int | None:
-        if self._partition_hint is not None:
-            return self._partition_hint
-        return super().partition_for_key(key)
-
-    def put(self, key: bytes, value: bytes, partition: int) -> None:
-        """Set ``key`` and write its changelog record to ``partition``."""
-        self._partition_hint = partition
-        try:
-            self[key] = value
-        finally:
-            self._partition_hint = None
-
     async def put_many(self, rows: Sequence[tuple[bytes, bytes, int]]) -> None:
         """Set many keys; their changelog records go out as one record batch per partition.
 
