@@ -26,6 +26,7 @@ class CatalogueSnapshot:
 
     matrix: npt.NDArray[np.float32]  # (n, dim), unit rows; zero rows for removed items
     ids: tuple[str, ...]
+    id_array: npt.NDArray[np.object_]  # the same ids, for vectorised row -> id lookups
     active: npt.NDArray[np.bool_]  # (n,) False for removed items
     version: str
     index: Mapping[str, int]  # item id -> row; rows >= len(ids) belong to later snapshots
@@ -119,6 +120,7 @@ class Catalogue:
             self._snapshot = CatalogueSnapshot(
                 matrix=self._matrix[:n],
                 ids=tuple(self._ids),
+                id_array=np.array(self._ids, dtype=object),
                 active=self._active[:n].copy(),
                 version=self.version,
                 index=self._index,

@@ -56,8 +56,11 @@ class ExactIndex:
             sims[:, ~snapshot.active] = -np.inf
         sims[exclude] = -np.inf
         k = min(k, n)
+        # argpartition from the top end: negating first would copy the (b, n) matrix.
         rows = (
-            np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (b, 1))
+            np.argpartition(sims, n - k, axis=1)[:, n - k :]
+            if k < n
+            else np.tile(np.arange(n), (b, 1))
         )
         return rows.astype(np.intp), np.take_along_axis(sims, rows, axis=1)
 
@@ -192,25 +195,26 @@ class Ranker:
         titles: dict[str, str],
     ) -> list[Ranked]:
         """Python lists per user, converted from the batch arrays in one go (cheaper)."""
-        ids = snapshot.ids
-        # Reason index per item: 0 trending, 1 + 2a (+1 for collaborative) names recent read a,
-        # -1 the generic reason (items past EXPLAINED, or no recent reads).
+        # Reason column per item: 0 trending, 1 + 2a (+1 for collaborative) names recent read a,
+        # -1 (the last column) the generic reason (items past EXPLAINED, or no recent reads).
         anchor = np.full(chosen.shape, -1, dtype=np.intp)
         anchor[:, : anchors.shape[1]] = anchors
         reason = np.where(anchor < 0, -1, 1 + 2 * anchor + (strongest == 1))
         reason[strongest == 2] = 0
         valid = np.isfinite(top_score)
         all_valid = cast(list[bool], valid.all(axis=1).tolist())
-        rows_l, scores_l, reason_l = chosen.tolist(), top_score.tolist(), reason.tolist()
+        # Object-array gathers turn rows into ids and reason strings in C, not per item.
+        picked_l = snapshot.id_array[np.maximum(chosen, 0)].tolist()
+        why_l = np.take_along_axis(_reasons(recent_rows, snapshot, titles), reason, axis=1).tolist()
+        scores_l = top_score.tolist()
         out: list[Ranked] = []
         for b, request in enumerate(requests):
-            if not recent_rows[b] and not np.any(request.vec):
+            if not recent_rows[b] and not request.vec.any():
                 out.append(Ranked(request.user_id, [], {}, "popular"))
                 continue
-            reasons = _reasons(recent_rows[b], snapshot, titles)
-            picked = [ids[r] for r in rows_l[b]]
+            picked = picked_l[b]
             items = list(zip(picked, scores_l[b], strict=True))
-            why = dict(zip(picked, [reasons[r] for r in reason_l[b]], strict=True))
+            why = dict(zip(picked, why_l[b], strict=True))
             if not all_valid[b]:
                 keep = valid[b].tolist()
                 items = [it for it, ok in zip(items, keep, strict=True) if ok]
@@ -253,15 +257,18 @@ class Ranker:
 
 
 def _reasons(
-    recent: list[tuple[int, float]], snapshot: CatalogueSnapshot, titles: dict[str, str]
-) -> list[str]:
-    """``["trending", content/collab reasons per recent read ..., generic reason]``."""
-    out = ["trending"]
-    for row, _ in recent:
-        item_id = snapshot.ids[row]
-        title = titles.get(item_id, item_id)[:80]
-        out += (f"because you read: {title}", f"readers of {title} also read this")
-    out.append("matches your interests")  # index -1
+    recent: list[list[tuple[int, float]]], snapshot: CatalogueSnapshot, titles: dict[str, str]
+) -> npt.NDArray[np.object_]:
+    """Per user: ``[trending, content/collab reason per recent read ..., generic reason]``."""
+    h = max((len(r) for r in recent), default=0)
+    out = np.full((len(recent), 2 + 2 * h), "matches your interests", dtype=object)
+    out[:, 0] = "trending"
+    for b, rows in enumerate(recent):
+        for a, (row, _) in enumerate(rows):
+            item_id = snapshot.ids[row]
+            title = titles.get(item_id, item_id)[:80]
+            out[b, 1 + 2 * a] = f"because you read: {title}"
+            out[b, 2 + 2 * a] = f"readers of {title} also read this"
     return out
 
 
