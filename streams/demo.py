@@ -93,9 +93,13 @@ def show(
     keys: Keys,
     world: SyntheticWorld,
     users: list[str],
-    produced_at: dict[str, float],
+    produced_at: dict[str, list[float]],
 ) -> None:
-    """Print each watched user's top 5 with categories, source and freshness."""
+    """Print each watched user's top 5 with categories, source and freshness.
+
+    Freshness is measured for the newest event the list reflects: ``sr:user:{u}`` counts the
+    events applied, so the n-th produce time of the user is the one its ``updated_at`` answers.
+    """
     print(f"\n--- {time.strftime('%H:%M:%S')} ---")
     for user in users:
         top = client.zrevrange(keys.recs(user), 0, 4, withscores=True)
@@ -103,17 +107,21 @@ def show(
         meta = {_text(k): _text(v) for k, v in raw_meta.items()}
         ranked = [(_text(i), float(s)) for i, s in cast(list[tuple[bytes, float]], top)]
         cats = [world.category_of.get(i, "?") for i, _ in ranked]
+        applied = int(cast(Any, client.hget(keys.user(user), "events")) or 0)
+        sent = produced_at.get(user, [])
         fresh = ""
-        if meta.get("updated_at") and user in produced_at:
-            lag_ms = int(meta["updated_at"]) - produced_at[user] * 1000
-            fresh = f"freshness {max(lag_ms, 0):.0f} ms"
+        if meta.get("updated_at") and 0 < applied <= len(sent):
+            lag_ms = int(meta["updated_at"]) - sent[applied - 1] * 1000
+            fresh = f"freshness {lag_ms:.0f} ms"
+            if applied < len(sent):
+                fresh += f" ({len(sent) - applied} newer events in flight)"
         print(
             f"{user} likes {'+'.join(world.users[user])}: source={meta.get('source', 'popular')} "
             f"{fresh}"
         )
         for (item, score), cat in zip(ranked, cats, strict=True):
             title = _text(client.hget(keys.item(item), "title") or b"")
-            print(f"    {score:6.3f} [{cat:<10}] {title[:70]}")
+            print(f"    {score:6.3f} [{cat:<10}] {item} {title[:60]}")
 
 
 def _text(value: object) -> str:
@@ -169,7 +177,7 @@ def stream_events(
 ) -> None:
     """Publish events at ``rate``/s, watched users getting a share, printing every 2 s."""
     producer = make_producer([bootstrap])
-    produced_at: dict[str, float] = {}
+    produced_at: dict[str, list[float]] = {u: [] for u in watched}
     t0 = time.monotonic()
     last_show = t0
     sent = 0
@@ -182,7 +190,7 @@ def stream_events(
             ev["ts"] = int(time.time() * 1000)
             producer.send(EVENTS, key=ev["user_id"].encode(), value=orjson.dumps(ev))
             if ev["user_id"] in watched:
-                produced_at[ev["user_id"]] = time.time()
+                produced_at[ev["user_id"]].append(time.time())
             sent += 1
             ahead = sent / rate - (time.monotonic() - t0)
             if ahead > 0:
