@@ -89,6 +89,11 @@ def run_bench(
         try:
             worker.wait_ready()
             figures["pipeline_events_per_s"] = _drain_rate(worker, n_events, quiet)
+            # Where the worker's time went while draining (wall time per stage, per event).
+            stages_s = worker.stats().get("stage_seconds", {})
+            figures["pipeline_stage_us_per_event"] = {
+                k: round(v * 1e6 / n_events, 1) for k, v in stages_s.items()
+            }
             say(f"freshness at a steady {rate:.0f} events/s for {freshness_s:.0f}s ...")
             worker.get_json("/stats?reset=1")
             sent = _steady_stream(stack.bootstrap, world, rate, freshness_s)

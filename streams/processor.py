@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -49,6 +49,8 @@ class Stats:
     """Counters and freshness samples exposed on ``/stats`` and used by the benchmark."""
 
     counters: Counter[str] = field(default_factory=Counter)
+    #: Wall seconds per stage (apply, changelog, rank, publish): where a worker's time goes.
+    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     freshness_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     positions: dict[int, int] = field(default_factory=dict)  # events partition -> last offset
     started: float = field(default_factory=time.monotonic)
@@ -60,6 +62,7 @@ class Stats:
         fresh = np.asarray(self.freshness_ms, dtype=np.float64)
         out: dict[str, Any] = dict(self.counters)
         out["positions"] = {str(p): o for p, o in sorted(self.positions.items())}
+        out["stage_seconds"] = {k: round(v, 3) for k, v in sorted(self.seconds.items())}
         if fresh.size:
             out["freshness_p50_ms"] = float(np.percentile(fresh, 50))
             out["freshness_p99_ms"] = float(np.percentile(fresh, 99))
@@ -195,8 +198,10 @@ class EventProcessor:
         """Apply, rank and publish one batch; never raises for anything a record contains."""
         users: dict[str, _Pending] = {}
         popular: dict[str, float] = {}
+        started = time.perf_counter()
         for message in await self._without_gaps([event.message for event in batch]):
             await self._apply_one(message, users, popular)
+        self.stats.seconds["apply"] += time.perf_counter() - started
         if not users:
             return
         requests = [self.engine.request(u, p.state) for u, p in users.items()]
@@ -210,7 +215,9 @@ class EventProcessor:
         rows = [
             (u.encode(), encode_state(p.state), p.partition) for u, p in users.items() if p.changed
         ]
+        changelog_started = time.perf_counter()
         await self.table.put_many(rows)
+        self.stats.seconds["changelog"] += time.perf_counter() - changelog_started
         await published
         now_ms = time.time() * 1000
         for pending in users.values():
@@ -222,14 +229,18 @@ class EventProcessor:
         self, requests: list[RankRequest], writes: list[UserWrite], popular: dict[str, float]
     ) -> None:
         """Ranking thread: top-K per user, then one pipelined round trip (retried if down)."""
+        started = time.perf_counter()
         ranked = self.engine.rank_requests(requests, self.settings.top_k)
         for write, result in zip(writes, ranked, strict=True):
             write.items, write.why, write.source = result.items, result.why, result.source
         self.stats.counters["users_ranked"] += len(writes)
+        published = time.perf_counter()
+        self.stats.seconds["rank"] += published - started
         delay = 0.1
         while True:
             try:
                 self.runtime.publisher.publish_users(writes, popular, self.settings.popular_size)
+                self.stats.seconds["publish"] += time.perf_counter() - published
                 return
             except _TRANSIENT as exc:
                 if self.stopping.is_set():
