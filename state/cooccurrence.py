@@ -54,23 +54,7 @@ class CoOccurrence:
 
     def scores(self, recent: list[list[tuple[int, float]]], n: int) -> sp.csr_matrix:
         """``(len(recent), n)`` sparse collaborative scores, each row scaled to max 1."""
-        data: list[float] = []
-        indices: list[int] = []
-        indptr = [0]
-        for items in recent:
-            for row, weight in items:
-                if row < n:
-                    indices.append(row)
-                    data.append(weight)
-            indptr.append(len(indices))
-        users = sp.csr_matrix(
-            (np.asarray(data, dtype=np.float32), np.asarray(indices, dtype=np.int32), indptr),
-            shape=(len(recent), n),
-        )
-        out: sp.csr_matrix = sp.csr_matrix(users @ self.transition(n))
-        row_max = out.max(axis=1).toarray().ravel()
-        inv = np.divide(1.0, row_max, out=np.zeros_like(row_max), where=row_max > 0)
-        return sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ out)
+        return collab_scores(self.transition(n), recent, n)
 
     def _fold(self) -> None:
         n = max(self._counts.shape[0], max(self._rows, default=-1) + 1)
@@ -95,3 +79,30 @@ class CoOccurrence:
         out = matrix.copy()
         out.resize((n, n))
         return sp.csr_matrix(out)
+
+
+def collab_scores(
+    transition: sp.csr_matrix, recent: list[list[tuple[int, float]]], n: int
+) -> sp.csr_matrix:
+    """Users' weighted recent rows times ``transition``; ``(len(recent), n)``, rows max 1.
+
+    Pure: reads only its arguments, so a ranking thread can call it on a frozen matrix while
+    the event loop keeps observing new pairs.
+    """
+    data: list[float] = []
+    indices: list[int] = []
+    indptr = [0]
+    for items in recent:
+        for row, weight in items:
+            if row < n:
+                indices.append(row)
+                data.append(weight)
+        indptr.append(len(indices))
+    users = sp.csr_matrix(
+        (np.asarray(data, dtype=np.float32), np.asarray(indices, dtype=np.int32), indptr),
+        shape=(len(recent), n),
+    )
+    out: sp.csr_matrix = sp.csr_matrix(users @ transition)
+    row_max = out.max(axis=1).toarray().ravel()
+    inv = np.divide(1.0, row_max, out=np.zeros_like(row_max), where=row_max > 0)
+    return sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ out)

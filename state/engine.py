@@ -23,7 +23,7 @@ from state.interest import (
     resolve_pending,
 )
 from state.popularity import Popularity
-from state.ranking import BlendWeights, CandidateIndex, Ranked, Ranker, RankRequest
+from state.ranking import BlendWeights, CandidateIndex, Ranked, Ranker, RankRequest, Signals
 
 #: Recent positives that feed co-occurrence, the collaborative score and explanations.
 RECENT_POSITIVES = 5
@@ -62,7 +62,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.popularity = Popularity(self.config.popularity_half_life_s)
         self.cooccurrence = CoOccurrence(self.config.popularity_half_life_s)
-        self.ranker = Ranker(self.popularity, self.cooccurrence, self.config.weights, index)
+        self.ranker = Ranker(self.config.weights, index)
 
     def new_state(self) -> UserState:
         return UserState.empty(self.catalogue.dim, self.catalogue.version)
@@ -117,9 +117,26 @@ class Engine:
         """Top-``k`` for each ``(user_id, state)``."""
         return self.rank_requests([self.request(u, s) for u, s in users], k)
 
-    def rank_requests(self, requests: Sequence[RankRequest], k: int) -> list[Ranked]:
-        """Top-``k`` per request; touches no user state, so it may run in a worker thread."""
-        return self.ranker.rank(self.catalogue.snapshot(), requests, k, self.catalogue.titles)
+    def signals(self) -> Signals:
+        """Freeze what ranking reads (catalogue, popularity, co-occurrence) as of now."""
+        snapshot = self.catalogue.snapshot()
+        n = len(snapshot)
+        return Signals(
+            snapshot,
+            self.popularity.normalised(n),
+            self.popularity.top(n, self.ranker.extra),
+            self.cooccurrence.transition(n),
+        )
+
+    def rank_requests(
+        self, requests: Sequence[RankRequest], k: int, signals: Signals | None = None
+    ) -> list[Ranked]:
+        """Top-``k`` per request.
+
+        With ``signals`` frozen beforehand by :meth:`signals`, it reads no mutable engine state,
+        so it may run on a thread while the event loop applies the next batch.
+        """
+        return self.ranker.rank(signals or self.signals(), requests, k, self.catalogue.titles)
 
     def _ensure_version(self, state: UserState) -> None:
         """Re-embed a user from history when the encoder changed (never mix two versions)."""

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,11 +23,14 @@ from streams.processor import EventProcessor, ItemProcessor, Stats
 from streams.records import DEAD_LETTERS, EVENTS, ITEM_VECTORS, ITEMS, Limits
 from streams.runtime import Runtime
 from streams.settings import Settings
+from streams.transport import App
 
 log = logging.getLogger(__name__)
 
 #: Large enough for a 1 MB bad record to be forwarded to dead-letters intact.
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
+#: How long shutdown waits for batches still being ranked and published.
+SHUTDOWN_DRAIN_S = 10.0
 
 
 class UserTable(faust.Table[bytes, bytes]):
@@ -70,8 +74,9 @@ class StreamrecApp:
         self.limits = Limits(settings.max_message_bytes, settings.max_text_chars)
         self.stats = Stats()
         (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
-        self.app = faust.App(
+        self.app = App(
             settings.app_id,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
             broker=settings.broker,
             store="memory://",
             autodiscover=False,
@@ -151,11 +156,15 @@ class StreamrecApp:
 
         async def forget_states(sender: Any, *args: Any, **kwargs: Any) -> None:
             if self.event_processor is not None:
+                await self.event_processor.drain()
                 self.event_processor.forget()
 
         async def close_runtime(sender: Any, *args: Any, **kwargs: Any) -> None:
             if self.event_processor is not None:
                 self.event_processor.stopping.set()
+                # Let batches in flight reach Redis and be acked; the rest is redelivered.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.event_processor.drain(), SHUTDOWN_DRAIN_S)
                 if self.event_processor.gaps is not None:
                     await self.event_processor.gaps.close()
             if self.runtime is not None:

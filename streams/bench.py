@@ -46,12 +46,14 @@ def run_bench(
     rate: float,
     quiet: bool = False,
     freshness_s: float = 20.0,
+    encoder: bool = True,
 ) -> dict[str, Any]:
     """Run every measurement and return the figures (keys as documented in the README)."""
     say: Callable[[str], None] = (lambda _msg: None) if quiet else print
     figures: dict[str, Any] = {}
-    say("encoder: batch-size sweep and bare model loop ...")
-    figures.update(_encoder_figures())
+    if encoder:
+        say("encoder: batch-size sweep and bare model loop ...")
+        figures.update(_encoder_figures())
     with (
         tempfile.TemporaryDirectory(prefix="streamrec-bench-") as tmp,
         EmbeddedStack(Path(tmp)) as stack,

@@ -152,14 +152,24 @@ def demo(users: int, n_items: int, rate: float, duration: float, broker: str) ->
     show_default=True,
     help="steady rate for the freshness phase (events/s)",
 )
+@click.option(
+    "--no-encoder", is_flag=True, help="skip the encoder sweep (~3 min); pipeline figures only"
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object of figures")
-def bench(n_events: int, n_items: int, n_users: int, rate: float, as_json: bool) -> None:
+def bench(
+    n_events: int, n_items: int, n_users: int, rate: float, no_encoder: bool, as_json: bool
+) -> None:
     """Throughput and freshness benchmark against the embedded services."""
     from streams.bench import run_bench
 
     logging.basicConfig(level=logging.WARNING)
     figures = run_bench(
-        n_events=n_events, n_items=n_items, n_users=n_users, rate=rate, quiet=as_json
+        n_events=n_events,
+        n_items=n_items,
+        n_users=n_users,
+        rate=rate,
+        quiet=as_json,
+        encoder=not no_encoder,
     )
     click.echo(
         orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode()
