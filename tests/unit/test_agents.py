@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,7 +15,7 @@ from state.catalogue import Catalogue
 from state.engine import Engine
 from state.interest import normalised
 from state.store import MemoryPublisher, MemoryStore
-from streams.app import create_app
+from streams.app import StreamrecApp, create_app
 from streams.processor import EventProcessor
 from streams.settings import Settings
 
@@ -42,11 +43,14 @@ async def _until(check: Any, timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_events_agent_applies_batches_and_dead_letters_bad_records(tmp_path: Path) -> None:
+def _app(
+    tmp_path: Path, publisher: type[MemoryPublisher] = MemoryPublisher
+) -> tuple[StreamrecApp, MemoryStore, list[dict[str, Any]]]:
+    """A worker app wired to in-memory Redis and dead letters (no broker in a unit test)."""
     sapp = create_app(Settings(web_enabled=False, data_dir=tmp_path, batch_max_wait_ms=20))
     store = MemoryStore()
     sapp.runtime = SimpleNamespace(  # type: ignore[assignment]
-        engine=_engine(), store=store, publisher=MemoryPublisher(store)
+        engine=_engine(), store=store, publisher=publisher(store)
     )
 
     async def put_many(rows: list[tuple[bytes, bytes, int]]) -> None:
@@ -74,16 +78,20 @@ async def test_events_agent_applies_batches_and_dead_letters_bad_records(tmp_pat
         "events",
         gaps=None,
     )
+    return sapp, store, letters
+
+
+def _click(n: int, user: str = "u1") -> bytes:
+    return orjson.dumps(
+        {"event_id": f"e{n}", "user_id": user, "type": "click", "item_id": f"i{n}", "ts": T0 + n}
+    )
+
+
+async def test_events_agent_applies_batches_and_dead_letters_bad_records(tmp_path: Path) -> None:
+    sapp, store, letters = _app(tmp_path)
     async with sapp.events_agent.test_context() as agent:
         for n in range(5):
-            event = {
-                "event_id": f"e{n}",
-                "user_id": "u1",
-                "type": "click",
-                "item_id": f"i{n}",
-                "ts": T0 + n,
-            }
-            await agent.put(orjson.dumps(event), key=b"u1", wait=False)
+            await agent.put(_click(n), key=b"u1", wait=False)
         await agent.put(b'{"user_id": "u1", "ts": NaN}', key=b"u1", wait=False)
         await agent.put(
             orjson.dumps(
@@ -100,3 +108,36 @@ async def test_events_agent_applies_batches_and_dead_letters_bad_records(tmp_pat
     kinds = sorted(dict(letter["headers"])["x-error-class"] for letter in letters)
     assert kinds == [b"malformed_json", b"unknown_type"]
     assert sapp.table[b"u1"] is not None
+
+
+async def test_a_batch_is_acked_only_once_its_recommendations_are_in_redis(
+    tmp_path: Path,
+) -> None:
+    gate = threading.Event()
+
+    class GatedPublisher(MemoryPublisher):
+        def publish_users(self, *args: Any, **kwargs: Any) -> int:
+            gate.wait(10)
+            return super().publish_users(*args, **kwargs)
+
+    sapp, store, _ = _app(tmp_path, GatedPublisher)
+    async with sapp.events_agent.test_context() as agent:
+        to_message = agent.to_message
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            message = to_message(*args, **kwargs)
+            message.incref()  # what the conductor does for each stream of a real consumer
+            return message
+
+        agent.to_message = counted
+        first = await agent.put(_click(0), key=b"u1", wait=False)
+        await _until(lambda: sapp.stats.counters["events_applied"] == 1)
+        # The agent moved on to the next batch (take_events acked its own reference) ...
+        second = await agent.put(_click(1), key=b"u1", wait=False)
+        await _until(lambda: sapp.stats.counters["events_applied"] == 2)
+        # ... but neither offset may be committed while Redis does not have the batch.
+        assert not first.message.acked and not second.message.acked
+        assert "u1" not in store.users
+        gate.set()
+        await _until(lambda: first.message.acked and second.message.acked)
+    assert store.users["u1"]["events"] == b"2"
