@@ -125,6 +125,7 @@ class StreamrecApp:
         self.event_processor: EventProcessor | None = None
         self.ready = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank")
+        self.publish_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
         self._register()
         self._register_pages()
 
@@ -171,6 +172,7 @@ class StreamrecApp:
                 await self.sync.stop()
                 await self.runtime.close()
             self.executor.shutdown(wait=False, cancel_futures=True)
+            self.publish_executor.shutdown(wait=False, cancel_futures=True)
 
         # faust's signal typing rejects coroutine receivers that it accepts at run time.
         cast(Any, app.on_partitions_revoked).connect(forget_states)
@@ -212,6 +214,7 @@ class StreamrecApp:
             self.executor,
             self.events_topic.get_topic_name(),
             gaps,
+            publish_executor=self.publish_executor,
         )
         return self.event_processor
 

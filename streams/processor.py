@@ -173,6 +173,7 @@ class EventProcessor:
         source_topic: str,
         gaps: GapRepair | None = None,
         max_in_flight: int = 2,
+        publish_executor: Executor | None = None,
     ) -> None:
         self.runtime = runtime
         self.engine = runtime.engine
@@ -193,6 +194,8 @@ class EventProcessor:
         self.in_flight: set[asyncio.Future[_Published]] = set()
         self.finishing: set[asyncio.Future[None]] = set()
         self.changelog: asyncio.Future[None] | None = None  # the newest changelog write
+        self.publishing: asyncio.Future[_Published] | None = None  # the newest Redis write
+        self.publish_executor = publish_executor or executor
 
     def forget(self) -> None:
         """Drop cached states and expected offsets (call when partitions are revoked)."""
@@ -273,9 +276,14 @@ class EventProcessor:
         # Requests, writes and signals are copies: the loop may change the states, popularity
         # and co-occurrence while the ranking thread works on them.
         signals = self.engine.signals()
-        published = asyncio.get_running_loop().run_in_executor(
-            self.executor, self._rank_and_publish, requests, writes, popular, signals, produced_ms
+        loop = asyncio.get_running_loop()
+        ranked = loop.run_in_executor(self.executor, self._rank, requests, writes, signals)
+        # Publishing runs on its own thread, so batch N's Redis round trip overlaps batch N+1's
+        # ranking; batches reach Redis in order (and the watermark rejects any stale write).
+        self.publishing = asyncio.ensure_future(
+            self._publish_after(self.publishing, ranked, writes, popular, produced_ms)
         )
+        published = self.publishing
         rows = [
             (u.encode(), encode_state(p.state), p.partition) for u, p in users.items() if p.changed
         ]
@@ -320,27 +328,41 @@ class EventProcessor:
             await self.dead.fail_batch(batch, exc)
             _ack(batch)
 
-    def _rank_and_publish(
-        self,
-        requests: list[RankRequest],
-        writes: list[UserWrite],
-        popular: dict[str, float],
-        signals: Signals,
-        produced_ms: list[float],
-    ) -> _Published:
-        """Ranking thread: top-K per user, then one pipelined round trip (retried if down)."""
+    def _rank(self, requests: list[RankRequest], writes: list[UserWrite], signals: Signals) -> None:
+        """Ranking thread: top-K per user, filled into ``writes``."""
         started = time.perf_counter()
         ranked = self.engine.rank_requests(requests, self.settings.top_k, signals)
         for write, result in zip(writes, ranked, strict=True):
             write.items, write.why, write.source = result.items, result.why, result.source
         self.stats.counters["users_ranked"] += len(writes)
-        published = time.perf_counter()
-        self.stats.seconds["rank"] += published - started
+        self.stats.seconds["rank"] += time.perf_counter() - started
+
+    async def _publish_after(
+        self,
+        previous: asyncio.Future[_Published] | None,
+        ranked: asyncio.Future[None],
+        writes: list[UserWrite],
+        popular: dict[str, float],
+        produced_ms: list[float],
+    ) -> _Published:
+        await ranked
+        if previous is not None:
+            with contextlib.suppress(Exception):  # its own batch reports its failure
+                await previous
+        return await asyncio.get_running_loop().run_in_executor(
+            self.publish_executor, self._publish, writes, popular, produced_ms
+        )
+
+    def _publish(
+        self, writes: list[UserWrite], popular: dict[str, float], produced_ms: list[float]
+    ) -> _Published:
+        """Publishing thread: one pipelined round trip for the batch (retried while down)."""
+        started = time.perf_counter()
         delay = 0.1
         while True:
             try:
                 self.runtime.publisher.publish_users(writes, popular, self.settings.popular_size)
-                self.stats.seconds["publish"] += time.perf_counter() - published
+                self.stats.seconds["publish"] += time.perf_counter() - started
                 return _Published(len(writes), time.time() * 1000, produced_ms)
             except _TRANSIENT as exc:
                 if self.stopping.is_set():
