@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import orjson
 import redis
@@ -186,14 +186,32 @@ class BlockingPublisher:
         if not writes and not popular:
             return 0
         now_ms = int(time.time() * 1000)
+        try:
+            results = self._execute(writes, popular, keep, now_ms)
+        except redis.exceptions.NoScriptError:
+            # Redis lost its script cache (a restart): load the scripts and send the batch
+            # again; the watermark makes writes that did land before the error no-ops.
+            self.client.script_load(PUBLISH_USER_LUA)
+            self.client.script_load(POPULAR_ADD_LUA)
+            results = self._execute(writes, popular, keep, now_ms)
+        return sum(int(r) for r in results[: len(writes)])
+
+    def _execute(
+        self,
+        writes: Sequence[UserWrite],
+        popular: Mapping[str, float] | None,
+        keep: int,
+        now_ms: int,
+    ) -> list[Any]:
+        # EVALSHA directly: a pipeline of Script objects first asks SCRIPT EXISTS, one more
+        # round trip per batch.
         pipe = self.client.pipeline(transaction=False)
         for w in writes:
             keys, args = publish_call(self.keys, self.ttls, w, now_ms)
-            self._publish(keys=keys, args=args, client=pipe)
+            pipe.evalsha(self._publish.sha, len(keys), *keys, *args)
         if popular:
-            self._popular(keys=[self.keys.popular()], args=popular_args(popular, keep), client=pipe)
-        results = pipe.execute()
-        return sum(int(r) for r in results[: len(writes)])
+            pipe.evalsha(self._popular.sha, 1, self.keys.popular(), *popular_args(popular, keep))
+        return pipe.execute()
 
     def close(self) -> None:
         self.client.close()

@@ -2,7 +2,7 @@
 
 Workers and the reader talk to a :class:`RecsStore`; :class:`state.redis_store.RedisStore` is
 the production one, :class:`MemoryStore` serves the evaluation harness and unit tests. Both pass
-the same conformance checks (tests/unit/test_store_conformance.py).
+the same conformance checks (tests/integration/test_store_conformance.py).
 """
 
 from __future__ import annotations
