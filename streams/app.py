@@ -259,10 +259,14 @@ class StreamrecApp:
                 figures = self.stats.as_json()
                 if self.runtime is not None:
                     figures["catalogue_items"] = len(self.runtime.engine.catalogue)
-                body = self_view.json(figures)
-                if request.query.get("reset") == "1":  # start a fresh freshness window
-                    self.stats.freshness_ms.clear()
-                return body
+                return self_view.json(figures)
+
+        @app.page("/stats/reset")
+        class StatsReset(View):
+            async def post(self_view, request: Request) -> Response:
+                """Start a fresh freshness window (the benchmark's steady phase)."""
+                self.stats.freshness_ms.clear()
+                return self_view.json({"reset": True})
 
         @app.page("/healthz")
         class Health(View):

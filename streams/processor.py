@@ -321,6 +321,7 @@ class EventProcessor:
         self.stats.freshness_ms.extend(done.at_ms - t for t in done.produced_ms)
         self.stats.counters["batches"] += 1
         self.stats.counters["users_published"] += done.users
+        self.stats.counters["events_published"] += len(done.produced_ms)
         _ack(batch)
 
     async def _failed(self, batch: Sequence[Any], exc: BaseException) -> None:

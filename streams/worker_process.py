@@ -71,6 +71,12 @@ class WorkerProcess:
         with urllib.request.urlopen(self.url(path), timeout=timeout_s) as resp:  # noqa: S310
             return orjson.loads(resp.read())
 
+    def post_json(self, path: str, timeout_s: float = 2.0) -> Any:
+        """POST (no body) to a worker page and decode its JSON answer."""
+        request = urllib.request.Request(self.url(path), method="POST", data=b"")  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:  # noqa: S310
+            return orjson.loads(resp.read())
+
     def wait_ready(self, timeout_s: float = 120.0) -> float:
         """Block until ``/healthz`` says ready; return the seconds it took."""
         t0 = time.monotonic()
