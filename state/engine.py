@@ -22,6 +22,7 @@ from state.interest import (
     normalised,
     resolve_pending,
 )
+from state.multi_interest import InterestConfig, active_interests, update_interests
 from state.popularity import Popularity
 from state.ranking import BlendWeights, CandidateIndex, Ranked, Ranker, RankRequest, Signals
 
@@ -34,6 +35,13 @@ class EngineConfig:
     interest_half_life_s: float = 7 * 24 * 3600.0
     popularity_half_life_s: float = 24 * 3600.0
     weights: BlendWeights = field(default_factory=BlendWeights)
+    #: ``max_interests=1`` turns multi-interest ranking off (one blended vector per user).
+    max_interests: int = 4
+    join_similarity: float = 0.4
+
+    @property
+    def interests(self) -> InterestConfig:
+        return InterestConfig(self.max_interests, self.join_similarity, self.interest_half_life_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,7 @@ class Engine:
         self.popularity = Popularity(self.config.popularity_half_life_s)
         self.cooccurrence = CoOccurrence(self.config.popularity_half_life_s)
         self.ranker = Ranker(self.config.weights, index)
+        self._interests = self.config.interests
 
     def new_state(self) -> UserState:
         return UserState.empty(self.catalogue.dim, self.catalogue.version)
@@ -87,6 +96,8 @@ class Engine:
             half_life_s=self.config.interest_half_life_s,
         )
         state.partition, state.offset = event.partition, event.offset
+        if entry is not None and item_vec is not None and self.config.max_interests > 1:
+            update_interests(state.interests, item_vec, entry.weight, event.ts_ms, self._interests)
         if entry is not None and event.item_id is not None:
             row = self.catalogue.row(event.item_id)
             if row is not None:
@@ -111,6 +122,7 @@ class Engine:
             vec=normalised(state.vec),
             exclude=state.consumed(),
             recent=[(h.item_id, h.weight) for h in state.positives(RECENT_POSITIVES)],
+            interests=active_interests(state.interests, state.ts_ms, self._interests.half_life_s),
         )
 
     def rank(self, users: Sequence[tuple[str, UserState]], k: int) -> list[Ranked]:
@@ -144,8 +156,11 @@ class Engine:
             return
         state.vec = np.zeros(self.catalogue.dim, dtype=np.float32)
         state.ts_ms = 0
+        state.interests = []
         for h in state.history:
             vec: Vector | None = self.catalogue.vector(h.item_id)
             if vec is not None and h.weight:
                 add_to_vector(state, vec, h.weight, h.ts_ms, self.config.interest_half_life_s)
+                if self.config.max_interests > 1:
+                    update_interests(state.interests, vec, h.weight, h.ts_ms, self._interests)
         state.model_version = self.catalogue.version

@@ -93,6 +93,28 @@ class HistoryEntry:
 
 
 @dataclass(slots=True)
+class Interest:
+    """One centroid: ``vec`` is the decayed weighted sum of its items as of ``ts_ms``."""
+
+    vec: Vector
+    ts_ms: int
+
+    def mass(self, now_ms: int, half_life_s: float) -> float:
+        """Length of the centroid decayed to ``now_ms`` (its weight among the user's interests)."""
+        return float(np.linalg.norm(self.vec)) * decay_factor(now_ms - self.ts_ms, half_life_s)
+
+    def add(self, item_vec: Vector, weight: float, ts_ms: int, half_life_s: float) -> None:
+        """Fold ``weight * item_vec`` in at event time ``ts_ms`` (order-independent)."""
+        if ts_ms >= self.ts_ms:
+            self.vec *= np.float32(decay_factor(ts_ms - self.ts_ms, half_life_s))
+            self.vec += np.float32(weight) * item_vec
+            self.ts_ms = ts_ms
+        else:
+            late = weight * decay_factor(self.ts_ms - ts_ms, half_life_s)
+            self.vec += np.float32(late) * item_vec
+
+
+@dataclass(slots=True)
 class UserState:
     """Everything streamrec knows about one user; stored in the changelog-backed table.
 
@@ -109,6 +131,8 @@ class UserState:
     history: list[HistoryEntry] = field(default_factory=list)
     pending: list[HistoryEntry] = field(default_factory=list)
     group: str = ""
+    #: Interest centroids (see :mod:`state.multi_interest`); ``vec`` stays their blend.
+    interests: list[Interest] = field(default_factory=list)
 
     @classmethod
     def empty(cls, dim: int, model_version: str = "") -> UserState:
@@ -203,9 +227,11 @@ def resolve_pending(state: UserState, lookup: dict[str, Vector], half_life_s: fl
 
 
 # --- codec ---------------------------------------------------------------------------------
-# Layout: magic(2) | header length (u32 LE) | orjson header | float32 LE vector.
+# Layout: magic(2) | header length (u32 LE) | orjson header | float32 LE vector, then one
+# float32 LE vector per interest centroid (``U2``; ``U1`` states, without them, still decode).
 # A binary vector keeps the changelog record ~2 KB for 384 dims instead of ~8 KB of JSON floats.
-_MAGIC: Final[bytes] = b"U1"
+_MAGIC: Final[bytes] = b"U2"
+_MAGICS: Final[frozenset[bytes]] = frozenset({b"U1", b"U2"})
 _HEADER = struct.Struct("<2sI")
 
 
@@ -225,10 +251,12 @@ def encode_state(state: UserState) -> bytes:
             "g": state.group,
             "h": [[h.item_id, h.event_type, h.weight, h.ts_ms] for h in state.history],
             "q": [[h.item_id, h.event_type, h.weight, h.ts_ms] for h in state.pending],
+            "i": [i.ts_ms for i in state.interests],
         }
     )
-    vec = np.ascontiguousarray(state.vec, dtype="<f4").tobytes()
-    return _HEADER.pack(_MAGIC, len(header)) + header + vec
+    vecs = [state.vec, *(i.vec for i in state.interests)]
+    body = np.ascontiguousarray(np.concatenate(vecs), dtype="<f4").tobytes()
+    return _HEADER.pack(_MAGIC, len(header)) + header + body
 
 
 def decode_state(raw: bytes) -> UserState:
@@ -236,13 +264,17 @@ def decode_state(raw: bytes) -> UserState:
     if len(raw) < _HEADER.size:
         raise StateCodecError("user state too short")
     magic, hlen = _HEADER.unpack_from(raw)
-    if magic != _MAGIC:
+    if magic not in _MAGICS:
         raise StateCodecError(f"unknown user state format {magic!r}")
     start = _HEADER.size
     header = orjson.loads(raw[start : start + hlen])
-    vec = np.frombuffer(raw[start + hlen :], dtype="<f4").astype(np.float32)
+    stamps = [int(ts) for ts in header.get("i", [])]
+    vecs = np.frombuffer(raw[start + hlen :], dtype="<f4").astype(np.float32)
+    if vecs.size % (1 + len(stamps)):
+        raise StateCodecError("user state vectors do not match its header")
+    rows = vecs.reshape(1 + len(stamps), -1)
     return UserState(
-        vec=vec,
+        vec=rows[0].copy(),
         ts_ms=int(header["t"]),
         events=int(header["n"]),
         partition=int(header["p"]),
@@ -251,6 +283,7 @@ def decode_state(raw: bytes) -> UserState:
         group=str(header.get("g", "")),
         history=[HistoryEntry(str(i), str(t), float(w), int(ts)) for i, t, w, ts in header["h"]],
         pending=[HistoryEntry(str(i), str(t), float(w), int(ts)) for i, t, w, ts in header["q"]],
+        interests=[Interest(rows[1 + n].copy(), ts) for n, ts in enumerate(stamps)],
     )
 
 

@@ -9,7 +9,7 @@ protocol for catalogues far beyond 10k items) plus the best collaborative and po
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, cast
 
 import numpy as np
@@ -19,6 +19,7 @@ import scipy.sparse as sp  # type: ignore[import-untyped]
 from state.catalogue import CatalogueSnapshot
 from state.cooccurrence import collab_scores
 from state.interest import Vector
+from state.multi_interest import interleave
 
 FloatMatrix = npt.NDArray[np.float32]
 FloatVector = npt.NDArray[np.float32]
@@ -95,6 +96,8 @@ class RankRequest:
     vec: Vector  # unit interest vector (zeros: no personal signal)
     exclude: set[str] = field(default_factory=set)
     recent: list[tuple[str, float]] = field(default_factory=list)  # newest positives, weight
+    #: Two or more ``(unit centroid, share)``: the list is filled from each in proportion.
+    interests: list[tuple[Vector, float]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -129,8 +132,46 @@ class Ranker:
     ) -> list[Ranked]:
         """Top-``k`` per request, best first; users without any signal get an empty list.
 
-        Reads nothing but its arguments (thread-safe while the engine moves on).
+        A user with several active interests is ranked once per interest centroid and the
+        lists are interleaved by share. Reads nothing but its arguments (thread-safe while the
+        engine moves on).
         """
+        rows: list[RankRequest] = []
+        owner: list[int] = []
+        for b, request in enumerate(requests):
+            if len(request.interests) < 2:
+                rows.append(request)
+                owner.append(b)
+                continue
+            for vec, _ in request.interests:
+                rows.append(replace(request, vec=vec, interests=[]))
+                owner.append(b)
+        ranked = self._rank_rows(signals, rows, k, titles)
+        if len(rows) == len(requests):
+            return ranked
+        parts: list[list[Ranked]] = [[] for _ in requests]
+        for b, result in zip(owner, ranked, strict=True):
+            parts[b].append(result)
+        out: list[Ranked] = []
+        for request, lists in zip(requests, parts, strict=True):
+            if len(lists) == 1:
+                out.append(lists[0])
+                continue
+            shares = [share for _, share in request.interests]
+            items = interleave([r.items for r in lists], shares, k)
+            why = {i: r.why[i] for r in reversed(lists) for i, _ in r.items}
+            source = "personal" if items else "popular"
+            out.append(Ranked(request.user_id, items, {i: why[i] for i, _ in items}, source))
+        return out
+
+    def _rank_rows(
+        self,
+        signals: Signals,
+        requests: Sequence[RankRequest],
+        k: int,
+        titles: dict[str, str] | None = None,
+    ) -> list[Ranked]:
+        """One top-``k`` per request (its ``vec`` alone), vectorised over the batch."""
         snapshot = signals.snapshot
         n = len(snapshot)
         if n == 0 or not requests:

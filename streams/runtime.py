@@ -44,6 +44,7 @@ def make_engine(settings: Settings, dim: int, version: str) -> Engine:
             weights=BlendWeights(
                 settings.weight_content, settings.weight_collab, settings.weight_popular
             ),
+            max_interests=settings.max_interests,
         ),
     )
 
