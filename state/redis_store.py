@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
+import numpy as np
 import orjson
 import redis
 import redis.asyncio as aioredis
+
+from state.groups import SharedGroups
 
 #: Replaces one user's state, top-K and meta in one atomic step, unless the Kafka watermark
 #: says this write is a re-delivery (then it returns 0 and changes nothing).
@@ -84,6 +87,12 @@ class Keys:
 
     def model(self) -> str:
         return f"{self.prefix}model"
+
+    def groups(self) -> str:
+        return f"{self.prefix}groups"
+
+    def groups_lock(self) -> str:
+        return f"{self.prefix}groups:lock"
 
     def embedding(self, content_hash: str) -> str:
         return f"{self.prefix}emb:{content_hash}"
@@ -298,12 +307,72 @@ class RedisStore:
             pipe.expire(key, self.ttls.recs_s)
         await pipe.execute()
 
+    async def sync_groups(
+        self, merged: Callable[[SharedGroups | None], SharedGroups]
+    ) -> SharedGroups:
+        """Replace ``sr:groups`` with ``merged(current)``, optimistically (WATCH, retry).
+
+        Workers sync concurrently; a write based on a model another worker replaced meanwhile
+        is refused by Redis and redone on the new one, so no worker's learning is lost.
+        """
+        key = self.keys.groups()
+        while True:
+            async with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    current = decode_groups(await pipe.hgetall(key))
+                    model = merged(current)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(key, mapping=encode_groups(model))  # type: ignore[arg-type]
+                    await pipe.execute()
+                    return model
+                except redis.exceptions.WatchError:
+                    continue
+
+    async def read_groups(self) -> tuple[SharedGroups | None, list[dict[str, object]]]:
+        """The shared group model and the group profiles the group job wrote."""
+        raw = await self.client.hgetall(self.keys.groups())
+        profiles = orjson.loads(raw[b"profiles"]) if b"profiles" in raw else []
+        return decode_groups(raw), profiles
+
+    async def write_group_profiles(self, profiles: list[dict[str, object]]) -> None:
+        await self.client.hset(self.keys.groups(), "profiles", orjson.dumps(profiles))
+
+    async def try_lock(self, key: str, ttl_s: float) -> bool:
+        """``SET key NX PX``: true for the one caller that gets it until it expires."""
+        return bool(await self.client.set(key, b"1", nx=True, px=int(ttl_s * 1000)))
+
     async def read_group(self, group: str, k: int) -> list[tuple[str, float]]:
         return await self._read_zset(self.keys.group_recs(group), k)
 
     async def _read_zset(self, key: str, k: int) -> list[tuple[str, float]]:
         raw = await self.client.zrevrange(key, 0, k - 1, withscores=True)
         return _decode_items(cast(list[tuple[bytes, float]], raw))
+
+
+def encode_groups(model: SharedGroups) -> dict[str | bytes, bytes | str]:
+    """``sr:groups`` fields for ``model`` (float32 centroids, float64 counts, little-endian)."""
+    return {
+        "k": str(model.centroids.shape[0]),
+        "dim": str(model.centroids.shape[1]),
+        "version": model.version,
+        "centroids": np.ascontiguousarray(model.centroids, dtype="<f4").tobytes(),
+        "counts": np.ascontiguousarray(model.counts, dtype="<f8").tobytes(),
+        "updated_at": str(int(time.time() * 1000)),
+    }
+
+
+def decode_groups(raw: Mapping[bytes | str, bytes | str]) -> SharedGroups | None:
+    """Inverse of :func:`encode_groups`; ``None`` when there is no (readable) model."""
+    fields = {_s(k): v if isinstance(v, bytes) else v.encode() for k, v in raw.items()}
+    try:
+        k, dim = int(fields["k"]), int(fields["dim"])
+        centroids = np.frombuffer(fields["centroids"], dtype="<f4").reshape(k, dim)
+        counts = np.frombuffer(fields["counts"], dtype="<f8").reshape(k)
+    except (KeyError, ValueError):
+        return None
+    version = fields.get("version", b"").decode()
+    return SharedGroups(centroids.astype(np.float32), counts.astype(np.float64), version)
 
 
 def _s(value: bytes | str) -> str:

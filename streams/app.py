@@ -17,8 +17,10 @@ from typing import Any, cast
 import faust
 from faust.web import Request, Response, View
 
+from state.groups import GroupConfig
 from streams.catalogue_sync import CatalogueSync
 from streams.gap_repair import GapRepair
+from streams.groups_sync import GroupsSync
 from streams.processor import EventProcessor, ItemProcessor, Stats
 from streams.records import DEAD_LETTERS, EVENTS, ITEM_VECTORS, ITEMS, Limits
 from streams.runtime import Runtime
@@ -123,6 +125,7 @@ class StreamrecApp:
         self.app.tables.add(self.table)
         self.runtime: Runtime | None = runtime
         self.event_processor: EventProcessor | None = None
+        self.groups: GroupsSync | None = None
         self.ready = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank")
         self.publish_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
@@ -141,6 +144,16 @@ class StreamrecApp:
             await self.runtime.start()
             self.sync = CatalogueSync(settings, self.runtime.engine, self.stats)
             await self.sync.start()
+            if settings.groups:
+                self.groups = GroupsSync(
+                    self.runtime.store,
+                    self.runtime.engine,
+                    self.executor,
+                    GroupConfig(max_groups=settings.groups),
+                    settings.groups_sync_s,
+                    settings.top_k,
+                )
+                self.groups.start()
             self.ready.set()
             log.info(
                 "streamrec worker ready: encoder %s, %d items",
@@ -168,6 +181,8 @@ class StreamrecApp:
                     await asyncio.wait_for(self.event_processor.drain(), SHUTDOWN_DRAIN_S)
                 if self.event_processor.gaps is not None:
                     await self.event_processor.gaps.close()
+            if self.groups is not None:
+                await self.groups.stop()
             if self.runtime is not None:
                 await self.sync.stop()
                 await self.runtime.close()
@@ -215,6 +230,7 @@ class StreamrecApp:
             self.events_topic.get_topic_name(),
             gaps,
             publish_executor=self.publish_executor,
+            groups=self.groups,
         )
         return self.event_processor
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import orjson
 
-from state.redis_store import RedisStore
+from state.redis_store import RedisStore, RedisUnavailable
 from streams.settings import ConfigError, Settings, load_settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -129,6 +129,41 @@ async def _titles(store: RedisStore, items: list[str]) -> dict[str, str]:
         pipe.hget(store.keys.item(item), "title")
     values = await pipe.execute()
     return {i: v.decode() for i, v in zip(items, values, strict=True) if v}
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def groups(as_json: bool) -> None:
+    """Print the user groups the workers discovered: size, top categories, typical titles."""
+    from streams.runtime import check_redis, make_store
+
+    settings = _settings()
+
+    async def read() -> list[dict[str, object]]:
+        store = make_store(settings)
+        try:
+            await check_redis(store, settings.redis_url.get_secret_value().split("@")[-1])
+            model, profiles = await store.read_groups()
+        finally:
+            await store.close()
+        if model is None:
+            raise click.ClickException(
+                "no user groups in Redis yet (workers publish them every STREAMREC_GROUPS_SYNC_S)"
+            )
+        return profiles
+
+    try:
+        profiles = asyncio.run(read())
+    except RedisUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(orjson.dumps(profiles, option=orjson.OPT_INDENT_2).decode())
+        return
+    for p in sorted(profiles, key=lambda p: -float(str(p["size"]))):
+        cats = ", ".join(str(c) for c in p["categories"]) or "-"  # type: ignore[attr-defined]
+        click.echo(f"group {p['group']:>3}  size {p['size']:>8}  {cats}")
+        for title in p["titles"]:  # type: ignore[attr-defined]
+            click.echo(f"      {title}")
 
 
 @main.command()

@@ -24,6 +24,7 @@ import redis.exceptions
 
 from encoders.cache import content_hash
 from state.engine import Interaction
+from state.groups import LocalGroups
 from state.interest import StateCodecError, UserState, decode_state, encode_state, vector_bytes
 from state.interest import normalised as unit
 from state.popularity import log_add, log_increment
@@ -31,6 +32,7 @@ from state.ranking import RankRequest, Signals
 from state.redis_store import UserWrite
 from streams.deadletters import dead_letter_headers
 from streams.gap_repair import GapRepair
+from streams.groups_sync import GroupsSync
 from streams.records import InvalidRecord, Item, Limits, parse_event, parse_item
 from streams.records_vectors import ItemVector, encode_item_vector
 from streams.runtime import Runtime
@@ -41,6 +43,8 @@ T = TypeVar("T")
 
 #: Redis outages are retried with capped exponential backoff; the batch waits, unacked.
 RETRY_MAX_S = 5.0
+#: Users teach the group model once their vector rests on this many events.
+GROUP_LEARN_EVENTS = 3
 #: Decoded user states kept per worker (~4 KB each).
 CACHE_USERS = 200_000
 _TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
@@ -174,6 +178,7 @@ class EventProcessor:
         gaps: GapRepair | None = None,
         max_in_flight: int = 2,
         publish_executor: Executor | None = None,
+        groups: GroupsSync | None = None,
     ) -> None:
         self.runtime = runtime
         self.engine = runtime.engine
@@ -196,6 +201,7 @@ class EventProcessor:
         self.changelog: asyncio.Future[None] | None = None  # the newest changelog write
         self.publishing: asyncio.Future[_Published] | None = None  # the newest Redis write
         self.publish_executor = publish_executor or executor
+        self.groups = groups
 
     def forget(self) -> None:
         """Drop cached states and expected offsets (call when partitions are revoked)."""
@@ -270,6 +276,8 @@ class EventProcessor:
         self.stats.seconds["apply"] += time.perf_counter() - started
         if not users:
             return None
+        if self.groups is not None:
+            _assign_groups(self.groups.local, [p.state for p in users.values()])
         requests = [self.engine.request(u, p.state) for u, p in users.items()]
         writes = [_user_write(u, p.state) for u, p in users.items()]
         produced_ms = [t for p in users.values() for t in p.produced_ms]
@@ -434,6 +442,16 @@ class EventProcessor:
             self.cache.pop(next(iter(self.cache)))
         self.cache[user_id] = state
         return state
+
+
+def _assign_groups(groups: LocalGroups, states: list[UserState]) -> None:
+    """Each user's group from the shared model, then learn from users past warm-up."""
+    vecs = np.stack([unit(s.vec) for s in states])
+    for state, group in zip(states, groups.shared.assign(vecs).tolist(), strict=True):
+        if group >= 0:
+            state.group = str(group)
+    seasoned = [s.events >= GROUP_LEARN_EVENTS for s in states]
+    groups.learn_many(vecs[np.asarray(seasoned, dtype=np.bool_)])
 
 
 def _user_write(user_id: str, state: UserState) -> UserWrite:
