@@ -50,6 +50,8 @@ class KafkaAgreement:
     kafka_hits: int = 0
     mirror_hits: int = 0
     events: int = 0
+    #: ``(user, via Kafka, in-process)`` for every scored event whose top-10 lists differ.
+    mismatches: list[tuple[str, list[str], list[str]]] = field(default_factory=list)
 
     def as_metrics(self) -> dict[str, float]:
         n = max(self.tests, 1)
@@ -201,7 +203,11 @@ def compare_on(
                     in_process = mirror.read(event.user_id, K)
                     result.tests += 1
                     result.identical += via_kafka == in_process
-                    result.overlap.append(len(set(via_kafka) & set(in_process)) / K)
+                    if via_kafka != in_process:
+                        result.mismatches.append((event.user_id, via_kafka, in_process))
+                    longest = max(len(via_kafka), len(in_process))
+                    shared = len(set(via_kafka) & set(in_process))
+                    result.overlap.append(shared / longest if longest else 1.0)
                     result.kafka_hits += event.item_id in via_kafka
                     result.mirror_hits += event.item_id in in_process
             if event.item_id is not None and event.type in CONSUMED_TYPES:
