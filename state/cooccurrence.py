@@ -12,6 +12,9 @@ import time
 import numpy as np
 import scipy.sparse as sp  # type: ignore[import-untyped]
 
+#: Decayed pair counts below this are dropped when folding (a fresh pair counts 1).
+FORGOTTEN = 1e-12
+
 
 class CoOccurrence:
     """Symmetric decayed co-occurrence counts between catalogue rows."""
@@ -63,6 +66,11 @@ class CoOccurrence:
             counts = counts * np.float32(
                 np.exp2(-(self.now_ms - self._built_at_ms) / self.half_life_ms)
             )
+            # Pairs decayed past ~40 half-lives are noise next to a fresh pair (weight 1); left
+            # in, float32 rows sink to denormals whose reciprocal overflows in transition(), and
+            # the matrix never gets sparser on a long stream.
+            counts.data[counts.data < FORGOTTEN] = 0.0
+            counts.eliminate_zeros()
         fresh = sp.csr_matrix(
             (np.ones(len(self._rows), dtype=np.float32), (self._rows, self._cols)), shape=(n, n)
         )

