@@ -126,7 +126,6 @@ class SharedEngine:
         self.engine = Engine(catalogue, config)
         cooc = ReplayCoOccurrence(config.popularity_half_life_s)
         self.engine.cooccurrence = cooc
-        self.engine.ranker.cooccurrence = cooc
         self.states: dict[str, UserState] = {}
 
     def apply(self, event: ReplayEvent, offset: int) -> None:
@@ -150,7 +149,7 @@ class EngineRecommender:
         self.name = name
         self.shared = shared
         engine = shared.engine
-        self.ranker = Ranker(engine.popularity, engine.cooccurrence, weights)
+        self.ranker = Ranker(weights)
 
     def learn_one(self, event: ReplayEvent, offset: int) -> None:
         self.shared.apply(event, offset)
@@ -165,7 +164,7 @@ class EngineRecommender:
             # so every method is scored against the same candidates.
             request.exclude = q.exclude
             requests.append(request)
-        ranked = self.ranker.rank(catalogue.snapshot(), requests, k)
+        ranked = self.ranker.rank(engine.signals(), requests, k, catalogue.titles)
         out: list[list[int]] = []
         n = len(catalogue.snapshot())
         for q, result in zip(queries, ranked, strict=True):
