@@ -9,7 +9,7 @@ All rank the same catalogue rows and never return an excluded (already consumed)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
 
 import numpy as np
@@ -148,7 +148,6 @@ class EngineRecommender:
     def __init__(self, name: str, shared: SharedEngine, weights: BlendWeights) -> None:
         self.name = name
         self.shared = shared
-        engine = shared.engine
         self.ranker = Ranker(weights)
 
     def learn_one(self, event: ReplayEvent, offset: int) -> None:
@@ -164,7 +163,9 @@ class EngineRecommender:
             # so every method is scored against the same candidates.
             request.exclude = q.exclude
             requests.append(request)
-        ranked = self.ranker.rank(engine.signals(), requests, k, catalogue.titles)
+        # This variant's own fixed weights, not the click model's learned ones.
+        signals = replace(engine.signals(), weights=None)
+        ranked = self.ranker.rank(signals, requests, k, catalogue.titles)
         out: list[list[int]] = []
         n = len(catalogue.snapshot())
         for q, result in zip(queries, ranked, strict=True):

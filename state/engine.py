@@ -6,13 +6,16 @@ I/O, so both see exactly the same maths.
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from state.catalogue import Catalogue
-from state.cooccurrence import CoOccurrence
+from state.click_model import ClickModel
+from state.cooccurrence import CoOccurrence, collab_scores
 from state.interest import (
     POSITIVE_TYPES,
     UserState,
@@ -28,6 +31,8 @@ from state.ranking import BlendWeights, CandidateIndex, Ranked, Ranker, RankRequ
 
 #: Recent positives that feed co-occurrence, the collaborative score and explanations.
 RECENT_POSITIVES = 5
+#: The click model's features are computed against signals at most this old.
+SIGNALS_REFRESH_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,8 @@ class EngineConfig:
     #: ``max_interests=1`` turns multi-interest ranking off (one blended vector per user).
     max_interests: int = 4
     join_similarity: float = 0.4
+    #: Learn the blend weights online from engagements (see :mod:`state.click_model`).
+    click_model: bool = True
 
     @property
     def interests(self) -> InterestConfig:
@@ -72,6 +79,11 @@ class Engine:
         self.cooccurrence = CoOccurrence(self.config.popularity_half_life_s)
         self.ranker = Ranker(self.config.weights, index)
         self._interests = self.config.interests
+        self.click: ClickModel | None = ClickModel() if self.config.click_model else None
+        self._negatives = random.Random(0)  # noqa: S311 - sampling, not security
+        self._frozen: tuple[float, Signals] | None = None
+        #: Blend weights agreed by all replicas (``streams.click_sync``); else this click model's.
+        self.shared_weights: BlendWeights | None = None
 
     def new_state(self) -> UserState:
         return UserState.empty(self.catalogue.dim, self.catalogue.version)
@@ -86,6 +98,8 @@ class Engine:
         self._ensure_version(state)
         recent = [self.catalogue.row(h.item_id) for h in state.positives(RECENT_POSITIVES)]
         item_vec = self.catalogue.vector(event.item_id) if event.item_id else None
+        if self.click is not None and item_vec is not None:
+            self._learn_click(state, event)  # before the event is applied: test-then-train
         entry = apply_event(
             state,
             event_type=event.event_type,
@@ -122,7 +136,7 @@ class Engine:
             vec=normalised(state.vec),
             exclude=state.consumed(),
             recent=[(h.item_id, h.weight) for h in state.positives(RECENT_POSITIVES)],
-            interests=active_interests(state.interests, state.ts_ms, self._interests.half_life_s),
+            interests=self._active(state),
         )
 
     def rank(self, users: Sequence[tuple[str, UserState]], k: int) -> list[Ranked]:
@@ -130,7 +144,7 @@ class Engine:
         return self.rank_requests([self.request(u, s) for u, s in users], k)
 
     def signals(self) -> Signals:
-        """Freeze what ranking reads (catalogue, popularity, co-occurrence) as of now."""
+        """Freeze what ranking reads (catalogue, popularity, co-occurrence, weights) as of now."""
         snapshot = self.catalogue.snapshot()
         n = len(snapshot)
         return Signals(
@@ -138,7 +152,54 @@ class Engine:
             self.popularity.normalised(n),
             self.popularity.top(n, self.ranker.extra),
             self.cooccurrence.transition(n),
+            self.shared_weights
+            or (self.click.blend(self.config.weights) if self.click is not None else None),
         )
+
+    def _learn_click(self, state: UserState, event: Interaction) -> None:
+        """Show the click model this event's item as ranking saw it, plus a random negative."""
+        clicked = event.event_type in POSITIVE_TYPES
+        if not clicked and event.event_type != "impression":
+            return
+        if self.click is None or event.item_id is None:
+            return
+        now = time.monotonic()
+        if self._frozen is None or now - self._frozen[0] > SIGNALS_REFRESH_S:
+            self._frozen = (now, self.signals())
+        signals = self._frozen[1]
+        n = len(signals.snapshot)
+        row = signals.snapshot.index.get(event.item_id, n)
+        if row >= n:
+            return
+        rows = [row] + ([self._negatives.randrange(n)] if clicked else [])
+        feats = self._features(state, signals, rows)
+        self.click.learn_one(feats[0], clicked)
+        if clicked:
+            self.click.learn_one(feats[1], False)
+
+    def _features(
+        self, state: UserState, signals: Signals, rows: list[int]
+    ) -> list[dict[str, float]]:
+        """Content, collaborative and popularity features of ``rows`` for ``state`` (as ranked)."""
+        snapshot = signals.snapshot
+        n = len(snapshot)
+        matrix = snapshot.matrix[rows]
+        queries = [normalised(state.vec), *(v for v, _ in self._active(state))]
+        content = np.max(np.stack(queries) @ matrix.T, axis=0)
+        recent = [
+            (snapshot.index[h.item_id], h.weight)
+            for h in state.positives(RECENT_POSITIVES)
+            if snapshot.index.get(h.item_id, n) < n
+        ]
+        collab = collab_scores(signals.transition, [recent], n)[0, rows].toarray().ravel()
+        popular = signals.popularity[rows]
+        return [
+            {"content": float(c), "collab": float(cf), "popular": float(p)}
+            for c, cf, p in zip(content, collab, popular, strict=True)
+        ]
+
+    def _active(self, state: UserState) -> list[tuple[Vector, float]]:
+        return active_interests(state.interests, state.ts_ms, self._interests.half_life_s)
 
     def rank_requests(
         self, requests: Sequence[RankRequest], k: int, signals: Signals | None = None

@@ -86,6 +86,7 @@ class Signals:
     popularity: FloatVector  # (n,) in [0, 1]
     top_popular: npt.NDArray[np.intp]  # the most popular rows, best first
     transition: sp.csr_matrix  # (n, n) co-occurrence, row-normalised
+    weights: BlendWeights | None = None  # learned by the click model; None: the configured
 
 
 @dataclass(slots=True)
@@ -173,6 +174,7 @@ class Ranker:
     ) -> list[Ranked]:
         """One top-``k`` per request (its ``vec`` alone), vectorised over the batch."""
         snapshot = signals.snapshot
+        weights = signals.weights or self.weights
         n = len(snapshot)
         if n == 0 or not requests:
             return [Ranked(r.user_id, [], {}, "popular") for r in requests]
@@ -208,9 +210,9 @@ class Ranker:
         )
         parts = np.stack(
             [
-                self.weights.content * sims,
-                self.weights.collab * cf,
-                self.weights.popular * pop[safe],
+                weights.content * sims,
+                weights.collab * cf,
+                weights.popular * pop[safe],
             ]
         )
         score = parts.sum(axis=0)

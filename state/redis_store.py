@@ -88,6 +88,9 @@ class Keys:
     def model(self) -> str:
         return f"{self.prefix}model"
 
+    def click(self) -> str:
+        return f"{self.prefix}click"
+
     def groups(self) -> str:
         return f"{self.prefix}groups"
 

@@ -19,6 +19,7 @@ from faust.web import Request, Response, View
 
 from state.groups import GroupConfig
 from streams.catalogue_sync import CatalogueSync
+from streams.click_sync import ClickSync, restore
 from streams.gap_repair import GapRepair
 from streams.groups_sync import GroupsSync
 from streams.processor import EventProcessor, ItemProcessor, Stats
@@ -126,6 +127,7 @@ class StreamrecApp:
         self.runtime: Runtime | None = runtime
         self.event_processor: EventProcessor | None = None
         self.groups: GroupsSync | None = None
+        self.click_sync: ClickSync | None = None
         self.ready = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank")
         self.publish_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
@@ -144,16 +146,7 @@ class StreamrecApp:
             await self.runtime.start()
             self.sync = CatalogueSync(settings, self.runtime.engine, self.stats)
             await self.sync.start()
-            if settings.groups:
-                self.groups = GroupsSync(
-                    self.runtime.store,
-                    self.runtime.engine,
-                    self.executor,
-                    GroupConfig(max_groups=settings.groups),
-                    settings.groups_sync_s,
-                    settings.top_k,
-                )
-                self.groups.start()
+            self._start_learners(self.runtime)
             self.ready.set()
             log.info(
                 "streamrec worker ready: encoder %s, %d items",
@@ -181,8 +174,7 @@ class StreamrecApp:
                     await asyncio.wait_for(self.event_processor.drain(), SHUTDOWN_DRAIN_S)
                 if self.event_processor.gaps is not None:
                     await self.event_processor.gaps.close()
-            if self.groups is not None:
-                await self.groups.stop()
+            await self._stop_learners()
             if self.runtime is not None:
                 await self.sync.stop()
                 await self.runtime.close()
@@ -192,6 +184,29 @@ class StreamrecApp:
         # faust's signal typing rejects coroutine receivers that it accepts at run time.
         cast(Any, app.on_partitions_revoked).connect(forget_states)
         cast(Any, app.on_before_shutdown).connect(close_runtime)
+
+    def _start_learners(self, runtime: Runtime) -> None:
+        """User groups and the click model: resume, then sync with the other replicas."""
+        settings, engine = self.settings, runtime.engine
+        if settings.groups:
+            config = GroupConfig(max_groups=settings.groups)
+            self.groups = GroupsSync(
+                runtime.store, engine, self.executor, config, settings.groups_sync_s, settings.top_k
+            )
+            self.groups.start()
+        if engine.click is not None:
+            if restore(engine, settings.data_dir):
+                log.info("click model resumed from its checkpoint")
+            self.click_sync = ClickSync(
+                runtime.store, engine, settings.data_dir, settings.click_sync_s
+            )
+            self.click_sync.start()
+
+    async def _stop_learners(self) -> None:
+        if self.groups is not None:
+            await self.groups.stop()
+        if self.click_sync is not None:
+            await self.click_sync.stop()
 
     async def _events(self, stream: faust.StreamT[Any]) -> None:
         """The events agent: batches of raw events in, user states and rankings out."""
@@ -274,7 +289,10 @@ class StreamrecApp:
             async def get(self_view, request: Request) -> Response:
                 figures = self.stats.as_json()
                 if self.runtime is not None:
-                    figures["catalogue_items"] = len(self.runtime.engine.catalogue)
+                    engine = self.runtime.engine
+                    figures["catalogue_items"] = len(engine.catalogue)
+                    if engine.click is not None:
+                        figures.update(engine.click.metrics())
                 return self_view.json(figures)
 
         @app.page("/stats/reset")

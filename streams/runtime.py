@@ -45,6 +45,7 @@ def make_engine(settings: Settings, dim: int, version: str) -> Engine:
                 settings.weight_content, settings.weight_collab, settings.weight_popular
             ),
             max_interests=settings.max_interests,
+            click_model=settings.click_model,
         ),
     )
 

@@ -1,4 +1,4 @@
-"""User groups end to end: workers discover the planted segments and apps can read them."""
+"""Online learners end to end: user groups and the click model, through Kafka and Redis."""
 
 from __future__ import annotations
 
@@ -113,3 +113,24 @@ async def test_concurrent_syncs_lose_no_workers_learning(stack: Any) -> None:
     assert final.counts.sum() == pytest.approx(2 * decay**2 + 10 * decay + 10)
     for store in stores:
         await store.close()
+
+
+@pytest.mark.slow
+def test_the_click_model_learns_shares_its_weights_and_resumes_after_a_restart(
+    deployment: Deployment,
+) -> None:
+    worker = deployment.start_worker("w0", STREAMREC_CLICK_SYNC_S="1")
+    deployment.publish_world(WORLD)
+    counts = deployment.publish_events(events(WORLD, 2000, seed=41))
+    assert deployment.wait_counts(counts) == dict(counts)
+    time.sleep(2.5)  # at least one sync: checkpoint written, weights shared
+    stats = worker.stats()
+    assert stats["click_examples"] > 1000 and 0.5 < stats["click_auc"] <= 1.0
+    shared = deployment.redis.hgetall(deployment.keys.click())
+    assert len(shared) == 1
+    entry = orjson.loads(next(iter(shared.values())))
+    assert entry["examples"] > 1000 and entry["collab"] != 0.35  # learned, not the default
+    learned = stats["click_examples"]
+    worker.stop()
+    restarted = deployment.start_worker("w0", STREAMREC_CLICK_SYNC_S="1")
+    assert restarted.stats()["click_examples"] >= learned  # resumed, not from zero

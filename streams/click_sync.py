@@ -1,0 +1,128 @@
+"""The worker's click-model job: checkpoint it, and share its blend weights with every replica.
+
+Each worker's click model learns from the events of its own partitions, which are a uniform
+sample of users. What ranking takes from the model is three blend weights, so the replicas
+agree by averaging those: every ``sync_s`` a worker writes its weights and example count to its
+field of ``sr:click`` and ranks with the example-weighted mean of every fresh field — one
+global blend learned from all partitions. The model itself is checkpointed to the data dir
+(HMAC-signed with a key only this data dir holds) and resumed from there after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+
+import orjson
+import redis.exceptions
+
+from state.click_model import CheckpointError, ClickModel
+from state.engine import Engine
+from state.ranking import BlendWeights
+from state.redis_store import RedisStore
+
+log = logging.getLogger(__name__)
+
+#: A replica's weights older than this (it stopped) no longer count.
+STALE_S = 300.0
+
+
+def _key(data_dir: Path) -> bytes:
+    path = data_dir / "click-model.key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def restore(engine: Engine, data_dir: Path) -> bool:
+    """Load the checkpointed click model into ``engine``; return whether there was one."""
+    path = data_dir / "click-model.ckpt"
+    if engine.click is None or not path.exists():
+        return False
+    try:
+        engine.click = ClickModel.from_bytes(path.read_bytes(), _key(data_dir))
+    except CheckpointError as exc:
+        log.error("%s: %s; starting the click model afresh", path, exc)
+        return False
+    return True
+
+
+class ClickSync:
+    """Periodic checkpoint and weight sharing; see the module docstring."""
+
+    def __init__(self, store: RedisStore, engine: Engine, data_dir: Path, sync_s: float) -> None:
+        self.store = store
+        self.engine = engine
+        self.data_dir = data_dir
+        self.sync_s = sync_s
+        self.field = f"{socket.gethostname()}:{os.getpid()}"
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="click-sync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.checkpoint()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.sync_s)
+            self.checkpoint()
+            try:
+                await self.sync_once()
+            except (redis.exceptions.RedisError, OSError) as exc:
+                log.warning("click-model sync failed (%s); next try in %.0fs", exc, self.sync_s)
+
+    def checkpoint(self) -> None:
+        click = self.engine.click
+        if click is None:
+            return
+        path = self.data_dir / "click-model.ckpt"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(click.to_bytes(_key(self.data_dir)))
+        tmp.replace(path)  # atomic: a crash never leaves half a checkpoint
+
+    async def sync_once(self) -> BlendWeights | None:
+        """Publish this worker's weights, adopt the mean over all replicas; return it."""
+        click = self.engine.click
+        if click is None:
+            return None
+        own = click.blend(self.engine.config.weights)
+        entry = {
+            "content": own.content,
+            "collab": own.collab,
+            "popular": own.popular,
+            "examples": click.stats.examples if own is not self.engine.config.weights else 0,
+            "at": time.time(),
+        }
+        key = self.store.keys.click()
+        await self.store.client.hset(key, self.field, orjson.dumps(entry))
+        raw = await self.store.client.hgetall(key)
+        now = time.time()
+        fresh = [orjson.loads(v) for v in raw.values()]
+        fresh = [e for e in fresh if now - e["at"] < STALE_S and e["examples"] > 0]
+        total = sum(e["examples"] for e in fresh)
+        if not total:
+            self.engine.shared_weights = None
+            return None
+        mean = BlendWeights(
+            *(
+                sum(e[f] * e["examples"] for e in fresh) / total
+                for f in ("content", "collab", "popular")
+            )
+        )
+        self.engine.shared_weights = mean
+        return mean

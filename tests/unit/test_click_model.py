@@ -1,0 +1,56 @@
+"""The click model learns which signal predicts engagement and turns it into blend weights."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from state.click_model import WARMUP_EXAMPLES, CheckpointError, ClickModel
+from state.ranking import BlendWeights
+
+
+def _stream(n: int, seed: int = 3) -> list[tuple[dict[str, float], bool]]:
+    """Engagement follows the collaborative score; content and popularity are noise."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        x = {"content": rng.random(), "collab": rng.random(), "popular": rng.random()}
+        out.append((x, rng.random() < x["collab"] ** 2))
+    return out
+
+
+def test_learned_weights_favour_the_signal_that_predicts_clicks() -> None:
+    model = ClickModel()
+    fallback = BlendWeights()
+    assert model.blend(fallback) is fallback  # warm-up: the configured weights
+    for x, y in _stream(WARMUP_EXAMPLES * 4):
+        model.learn_one(x, y)
+    learned = model.blend(fallback)
+    assert learned.collab > 3 * abs(learned.content) and learned.collab > 3 * abs(learned.popular)
+    assert model.metrics()["click_auc"] > 0.7
+
+
+def test_a_sudden_change_of_what_users_click_is_detected_as_drift() -> None:
+    model = ClickModel()
+    for x, y in _stream(3000):
+        model.learn_one(x, y)
+    before = model.stats.drifts
+    rng = random.Random(9)
+    for _ in range(3000):  # now content decides and collab is noise
+        x = {"content": rng.random(), "collab": rng.random(), "popular": rng.random()}
+        model.learn_one(x, rng.random() < x["content"] ** 2 * 0.2 + (x["collab"] < 0.2))
+    assert model.stats.drifts > before
+
+
+def test_checkpoints_round_trip_and_foreign_ones_are_refused() -> None:
+    model = ClickModel()
+    for x, y in _stream(800):
+        model.learn_one(x, y)
+    raw = model.to_bytes(b"our key")
+    back = ClickModel.from_bytes(raw, b"our key")
+    assert back.stats == model.stats and back.blend(BlendWeights()) == model.blend(BlendWeights())
+    with pytest.raises(CheckpointError):
+        ClickModel.from_bytes(raw, b"another deployment")
+    with pytest.raises(CheckpointError):
+        ClickModel.from_bytes(raw[:40] + b"x" + raw[41:], b"our key")
