@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp  # type: ignore[import-untyped]
 
 #: Decayed pair counts below this are dropped when folding (a fresh pair counts 1).
@@ -114,3 +115,29 @@ def collab_scores(
     row_max = out.max(axis=1).toarray().ravel()
     inv = np.divide(1.0, row_max, out=np.zeros_like(row_max), where=row_max > 0)
     return sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ out)
+
+
+def collab_at(
+    transition: sp.csr_matrix, recent: list[tuple[int, float]], rows: list[int]
+) -> npt.NDArray[np.float32]:
+    """One user's :func:`collab_scores` at ``rows`` only (same scaling), without building a
+    sparse matrix: ~20 us instead of ~150 us, for the click model's per-event features.
+    """
+    out = np.zeros(len(rows), dtype=np.float32)
+    indptr, indices, data = transition.indptr, transition.indices, transition.data
+    cols = [indices[indptr[r] : indptr[r + 1]] for r, _ in recent if r < len(indptr) - 1]
+    if not cols or not sum(len(c) for c in cols):
+        return out
+    vals = [
+        data[indptr[r] : indptr[r + 1]] * np.float32(w) for r, w in recent if r < len(indptr) - 1
+    ]
+    uniq, inverse = np.unique(np.concatenate(cols), return_inverse=True)
+    sums = np.bincount(inverse, weights=np.concatenate(vals))
+    top = float(sums.max())
+    if top <= 0.0:
+        return out
+    wanted = np.asarray(rows)
+    pos = np.minimum(np.searchsorted(uniq, wanted), len(uniq) - 1)
+    hit = uniq[pos] == wanted
+    out[hit] = (sums[pos[hit]] / top).astype(np.float32)
+    return out

@@ -15,7 +15,7 @@ import numpy as np
 
 from state.catalogue import Catalogue
 from state.click_model import ClickModel
-from state.cooccurrence import CoOccurrence, collab_scores
+from state.cooccurrence import CoOccurrence, collab_at
 from state.interest import (
     POSITIVE_TYPES,
     UserState,
@@ -33,6 +33,8 @@ from state.ranking import BlendWeights, CandidateIndex, Ranked, Ranker, RankRequ
 RECENT_POSITIVES = 5
 #: The click model's features are computed against signals at most this old.
 SIGNALS_REFRESH_S = 1.0
+#: Random items drawn per engagement; the one nearest the user is the click model's negative.
+NEGATIVE_POOL = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,8 @@ class EngineConfig:
     join_similarity: float = 0.4
     #: Learn the blend weights online from engagements (see :mod:`state.click_model`).
     click_model: bool = True
+    #: Learn from one in this many labelled events.
+    click_every: int = 4
 
     @property
     def interests(self) -> InterestConfig:
@@ -82,6 +86,7 @@ class Engine:
         self.click: ClickModel | None = ClickModel() if self.config.click_model else None
         self._negatives = random.Random(0)  # noqa: S311 - sampling, not security
         self._frozen: tuple[float, Signals] | None = None
+        self._click_seen = 0
         #: Blend weights agreed by all replicas (``streams.click_sync``); else this click model's.
         self.shared_weights: BlendWeights | None = None
 
@@ -163,6 +168,9 @@ class Engine:
             return
         if self.click is None or event.item_id is None:
             return
+        self._click_seen += 1
+        if self._click_seen % self.config.click_every:
+            return  # a sample is plenty for three weights, and learning costs ~0.2 ms
         now = time.monotonic()
         if self._frozen is None or now - self._frozen[0] > SIGNALS_REFRESH_S:
             self._frozen = (now, self.signals())
@@ -171,11 +179,28 @@ class Engine:
         row = signals.snapshot.index.get(event.item_id, n)
         if row >= n:
             return
-        rows = [row] + ([self._negatives.randrange(n)] if clicked else [])
+        rows = [row]
+        if clicked:
+            rows.append(self._hard_negative(state, signals, row))
         feats = self._features(state, signals, rows)
         self.click.learn_one(feats[0], clicked)
         if clicked:
             self.click.learn_one(feats[1], False)
+
+    def _hard_negative(self, state: UserState, signals: Signals, positive: int) -> int:
+        """Of a few random items, the one nearest the user: what ranking had to beat.
+
+        Uniform random negatives are told apart by content alone, which taught the model to
+        ignore the signals that decide *within* a user's interests (co-occurrence, popularity).
+        """
+        n = len(signals.snapshot)
+        picks = [
+            r for r in (self._negatives.randrange(n) for _ in range(NEGATIVE_POOL)) if r != positive
+        ]
+        if not picks:
+            return (positive + 1) % n
+        sims = signals.snapshot.matrix[picks] @ normalised(state.vec)
+        return picks[int(np.argmax(sims))]
 
     def _features(
         self, state: UserState, signals: Signals, rows: list[int]
@@ -191,7 +216,7 @@ class Engine:
             for h in state.positives(RECENT_POSITIVES)
             if snapshot.index.get(h.item_id, n) < n
         ]
-        collab = collab_scores(signals.transition, [recent], n)[0, rows].toarray().ravel()
+        collab = collab_at(signals.transition, recent, rows)
         popular = signals.popularity[rows]
         return [
             {"content": float(c), "collab": float(cf), "popular": float(p)}
