@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import faust
+import orjson
 from faust.web import Request, Response, View
 
 from state.groups import GroupConfig
@@ -23,7 +24,7 @@ from streams.click_sync import ClickSync, restore
 from streams.gap_repair import GapRepair
 from streams.groups_sync import GroupsSync
 from streams.processor import EventProcessor, ItemProcessor, Stats
-from streams.records import DEAD_LETTERS, EVENTS, ITEM_VECTORS, ITEMS, Limits
+from streams.records import DEAD_LETTERS, EVENTS, ITEM_VECTORS, ITEMS, MODEL_DRIFT, Limits
 from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.transport import App
@@ -114,6 +115,7 @@ class StreamrecApp:
             settings.topic(ITEM_VECTORS), partitions=settings.partitions, compacting=True, **raw
         )
         self.dead_letters = self.app.topic(settings.topic(DEAD_LETTERS), partitions=1, **raw)
+        self.drift_topic = self.app.topic(settings.topic(MODEL_DRIFT), partitions=1, **raw)
         self.table = UserTable(
             self.app,
             name="user-state",
@@ -141,6 +143,7 @@ class StreamrecApp:
         async def start_runtime() -> None:
             await self.vectors_topic.maybe_declare()
             await self.dead_letters.maybe_declare()
+            await self.drift_topic.maybe_declare()
             if self.runtime is None:
                 self.runtime = Runtime.build(settings)  # in-process use (tests); CLI pre-builds
             await self.runtime.start()
@@ -198,9 +201,13 @@ class StreamrecApp:
             if restore(engine, settings.data_dir):
                 log.info("click model resumed from its checkpoint")
             self.click_sync = ClickSync(
-                runtime.store, engine, settings.data_dir, settings.click_sync_s
+                runtime.store, engine, settings.data_dir, settings.click_sync_s, self._drifted
             )
             self.click_sync.start()
+
+    async def _drifted(self, report: dict[str, object]) -> None:
+        log.warning("click model drift: %s", report)
+        await self.drift_topic.send(value=orjson.dumps(report))
 
     async def _stop_learners(self) -> None:
         if self.groups is not None:

@@ -17,6 +17,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
@@ -59,8 +60,17 @@ def restore(engine: Engine, data_dir: Path) -> bool:
 class ClickSync:
     """Periodic checkpoint and weight sharing; see the module docstring."""
 
-    def __init__(self, store: RedisStore, engine: Engine, data_dir: Path, sync_s: float) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        engine: Engine,
+        data_dir: Path,
+        sync_s: float,
+        on_drift: Callable[[dict[str, object]], Awaitable[None]] | None = None,
+    ) -> None:
         self.store = store
+        self.on_drift = on_drift
+        self._drifts = engine.click.stats.drifts if engine.click is not None else 0
         self.engine = engine
         self.data_dir = data_dir
         self.sync_s = sync_s
@@ -82,9 +92,26 @@ class ClickSync:
             await asyncio.sleep(self.sync_s)
             self.checkpoint()
             try:
+                await self._report_drift()
                 await self.sync_once()
             except (redis.exceptions.RedisError, OSError) as exc:
                 log.warning("click-model sync failed (%s); next try in %.0fs", exc, self.sync_s)
+
+    async def _report_drift(self) -> None:
+        """One record on the drift topic per sync in which ADWIN flagged the model's error."""
+        click = self.engine.click
+        if click is None or click.stats.drifts == self._drifts or self.on_drift is None:
+            return
+        new, self._drifts = click.stats.drifts - self._drifts, click.stats.drifts
+        await self.on_drift(
+            {
+                "worker": self.field,
+                "drifts": new,
+                "detected_at": int(time.time() * 1000),
+                **click.metrics(),
+                "model_version": self.engine.catalogue.version,
+            }
+        )
 
     def checkpoint(self) -> None:
         click = self.engine.click

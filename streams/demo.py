@@ -19,7 +19,15 @@ from tqdm import tqdm
 
 from state.redis_store import Keys
 from streams.produce import make_producer
-from streams.records import DEAD_LETTERS, EVENTS, FEEDBACK, ITEM_VECTORS, ITEMS, MODEL_UPDATES
+from streams.records import (
+    DEAD_LETTERS,
+    EVENTS,
+    FEEDBACK,
+    ITEM_VECTORS,
+    ITEMS,
+    MODEL_DRIFT,
+    MODEL_UPDATES,
+)
 from streams.services import EmbeddedStack, TopicSpec, create_topics, free_port
 from streams.synthetic import SyntheticWorld, events, make_world
 from streams.worker_process import WorkerProcess
@@ -35,6 +43,7 @@ def topic_specs(partitions: int, prefix: str = "") -> dict[str, TopicSpec]:
         prefix + FEEDBACK: TopicSpec(partitions),
         prefix + ITEM_VECTORS: TopicSpec(partitions, compacted=True),
         prefix + MODEL_UPDATES: TopicSpec(1),
+        prefix + MODEL_DRIFT: TopicSpec(1),
         prefix + DEAD_LETTERS: TopicSpec(1),
     }
 

@@ -22,6 +22,8 @@ ITEMS: Final = "items"
 EVENTS: Final = "events"
 FEEDBACK: Final = "feedback"
 MODEL_UPDATES: Final = "model-updates"
+#: Drift of the click model's error (ADWIN): what a fine-tune trigger listens to.
+MODEL_DRIFT: Final = "model-drift"
 DEAD_LETTERS: Final = "dead-letters"
 #: Internal, compacted: one encoded vector per item, read in full by every worker.
 ITEM_VECTORS: Final = "item-vectors"

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
+from state.catalogue import Catalogue
 from state.click_model import WARMUP_EXAMPLES, CheckpointError, ClickModel
+from state.engine import Engine
 from state.ranking import BlendWeights
+from streams.click_sync import ClickSync
 
 
 def _stream(n: int, seed: int = 3) -> list[tuple[dict[str, float], bool]]:
@@ -54,3 +59,20 @@ def test_checkpoints_round_trip_and_foreign_ones_are_refused() -> None:
         ClickModel.from_bytes(raw, b"another deployment")
     with pytest.raises(CheckpointError):
         ClickModel.from_bytes(raw[:40] + b"x" + raw[41:], b"our key")
+
+
+async def test_drift_goes_to_the_drift_topic_once_per_sync(tmp_path: Path) -> None:
+    engine = Engine(Catalogue(4, "v1"))
+    sent: list[dict[str, object]] = []
+
+    async def send(report: dict[str, object]) -> None:
+        sent.append(report)
+
+    sync = ClickSync(cast(Any, None), engine, tmp_path, 1.0, send)
+    await sync._report_drift()
+    assert sent == []
+    assert engine.click is not None
+    engine.click.stats.drifts += 2
+    await sync._report_drift()
+    await sync._report_drift()
+    assert len(sent) == 1 and sent[0]["drifts"] == 2 and sent[0]["model_version"] == "v1"
