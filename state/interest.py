@@ -105,13 +105,7 @@ class Interest:
 
     def add(self, item_vec: Vector, weight: float, ts_ms: int, half_life_s: float) -> None:
         """Fold ``weight * item_vec`` in at event time ``ts_ms`` (order-independent)."""
-        if ts_ms >= self.ts_ms:
-            self.vec *= np.float32(decay_factor(ts_ms - self.ts_ms, half_life_s))
-            self.vec += np.float32(weight) * item_vec
-            self.ts_ms = ts_ms
-        else:
-            late = weight * decay_factor(self.ts_ms - ts_ms, half_life_s)
-            self.vec += np.float32(late) * item_vec
+        self.ts_ms = fold_decayed(self.vec, self.ts_ms, item_vec, weight, ts_ms, half_life_s)
 
 
 @dataclass(slots=True)
@@ -166,14 +160,24 @@ def add_to_vector(
     state: UserState, item_vec: Vector, weight: float, ts_ms: int, half_life_s: float
 ) -> None:
     """Fold ``weight * item_vec`` observed at ``ts_ms`` into ``state.vec`` (order-independent)."""
-    if ts_ms >= state.ts_ms:
-        if state.ts_ms:
-            state.vec *= np.float32(decay_factor(ts_ms - state.ts_ms, half_life_s))
-        state.vec += np.float32(weight) * item_vec
-        state.ts_ms = ts_ms
-    else:
-        late = weight * decay_factor(state.ts_ms - ts_ms, half_life_s)
-        state.vec += np.float32(late) * item_vec
+    state.ts_ms = fold_decayed(state.vec, state.ts_ms, item_vec, weight, ts_ms, half_life_s)
+
+
+def fold_decayed(
+    vec: Vector, vec_ts_ms: int, item_vec: Vector, weight: float, ts_ms: int, half_life_s: float
+) -> int:
+    """Add ``weight * item_vec`` seen at ``ts_ms`` to ``vec`` (as of ``vec_ts_ms``), in place.
+
+    Returns the new time ``vec`` is expressed at: the sum decays to the newest event, and a late
+    event enters already decayed, so the result does not depend on arrival order.
+    """
+    if ts_ms >= vec_ts_ms:
+        if vec_ts_ms:
+            vec *= np.float32(decay_factor(ts_ms - vec_ts_ms, half_life_s))
+        vec += np.float32(weight) * item_vec
+        return ts_ms
+    vec += np.float32(weight * decay_factor(vec_ts_ms - ts_ms, half_life_s)) * item_vec
+    return vec_ts_ms
 
 
 def apply_event(
