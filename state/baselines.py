@@ -163,8 +163,9 @@ class EngineRecommender:
             # so every method is scored against the same candidates.
             request.exclude = q.exclude
             requests.append(request)
-        # This variant's own fixed weights, not the click model's learned ones.
-        signals = replace(engine.signals(), weights=None)
+        signals = engine.signals()  # streamrec itself: the click model's learned weights
+        if self.name != "streamrec":
+            signals = replace(signals, weights=None)  # an ablation's own fixed weights
         ranked = self.ranker.rank(signals, requests, k, catalogue.titles)
         out: list[list[int]] = []
         n = len(catalogue.snapshot())

@@ -23,6 +23,7 @@ from state.ranking import BlendWeights
 FEATURES = ("content", "collab", "popular")
 #: Examples before the learned weights replace the configured ones.
 WARMUP_EXAMPLES = 500
+MIN_CONTENT_WEIGHT = 1e-3
 
 
 class CheckpointError(ValueError):
@@ -71,7 +72,11 @@ class ClickModel:
         for name in FEATURES:
             sd = float(scaler.vars.get(name, 0.0)) ** 0.5
             w.append(float(lr.weights.get(name, 0.0)) / sd if sd > 1e-9 else 0.0)
-        return BlendWeights(content=w[0], collab=w[1], popular=w[2])
+        # Never negative (a signal ranks down, not up-side down) and content never 0: the
+        # ranker multiplies excluded rows' -inf by it, and 0 * -inf is NaN.
+        return BlendWeights(
+            content=max(w[0], MIN_CONTENT_WEIGHT), collab=max(w[1], 0.0), popular=max(w[2], 0.0)
+        )
 
     def metrics(self) -> dict[str, float]:
         return {
