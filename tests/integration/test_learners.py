@@ -125,11 +125,11 @@ def test_the_click_model_learns_shares_its_weights_and_resumes_after_a_restart(
     assert deployment.wait_counts(counts) == dict(counts)
     time.sleep(2.5)  # at least one sync: checkpoint written, weights shared
     stats = worker.stats()
-    assert stats["click_examples"] > 1000 and 0.5 < stats["click_auc"] <= 1.0
+    assert stats["click_examples"] > 300 and 0.5 < stats["click_auc"] <= 1.0
     shared = deployment.redis.hgetall(deployment.keys.click())
     assert len(shared) == 1
     entry = orjson.loads(next(iter(shared.values())))
-    assert entry["examples"] > 1000 and entry["collab"] != 0.35  # learned, not the default
+    assert entry["examples"] > 300 and entry["collab"] != 0.35  # learned, not the default
     learned = stats["click_examples"]
     worker.stop()
     restarted = deployment.start_worker("w0", STREAMREC_CLICK_SYNC_S="1")
