@@ -89,6 +89,9 @@ def bootstrap_from_url(broker_url: str) -> str:
 class Broker(Protocol):
     """A Kafka-protocol broker the stack can start and stop."""
 
+    #: Seconds from process start to the first metadata answer, once started.
+    startup_s: float | None
+
     @property
     def url(self) -> str:
         """``kafka://host:port``, the STREAMREC_BROKER form."""
