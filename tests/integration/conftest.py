@@ -131,7 +131,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     terminalreporter.write_sep("-", "measured figures")
     for broker, test, name, value, unit in FIGURES:
-        terminalreporter.write_line(f"{broker:<13} {test:<58} {name:<26} {value:>8} {unit}")
+        terminalreporter.write_line(f"{broker:<13} {name:<30} {value:>8} {unit:<7} {test}")
     path = os.environ.get("STREAMREC_TEST_FIGURES")
     if path:
         with Path(path).open("a") as out:

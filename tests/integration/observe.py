@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from deployment import Deployment
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from streams.records import EVENTS
@@ -186,16 +186,16 @@ class LagProbe:
     """``events`` lag of the deployment's worker group (Apache Kafka: exact end offsets)."""
 
     def __init__(self, dep: Deployment, partitions: Iterable[int]) -> None:
-        self.group = dep.group
         self.parts = [TopicPartition(dep.topic(EVENTS), p) for p in partitions]
-        self._admin = KafkaAdminClient(bootstrap_servers=dep.bootstrap)
-        self._consumer = KafkaConsumer(bootstrap_servers=dep.bootstrap)
+        # Reads the group's committed offsets without joining the group.
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=dep.bootstrap, group_id=dep.group, enable_auto_commit=False
+        )
 
     def lag(self) -> int:
         """Log end offsets minus the group's committed offsets, summed over partitions."""
-        committed = self._admin.list_consumer_group_offsets(self.group)
         ends = self._consumer.end_offsets(self.parts)
-        return sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in self.parts)
+        return sum(ends[tp] - (self._consumer.committed(tp) or 0) for tp in self.parts)
 
     def wait_zero(self, timeout_s: float = 180.0) -> float:
         """Block until the lag is 0; return the monotonic time it was first seen so."""
@@ -210,5 +210,4 @@ class LagProbe:
             time.sleep(0.1)
 
     def close(self) -> None:
-        self._admin.close()
         self._consumer.close()

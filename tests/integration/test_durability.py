@@ -58,6 +58,13 @@ def _wait_applied(dep: Deployment, at_least: int, timeout_s: float = 60.0) -> No
         time.sleep(0.05)
 
 
+def _redelivered(dep: Deployment) -> int:
+    """Events the live workers were handed again and rightly did not apply (a sign the fault
+    really replayed uncommitted offsets)."""
+    live = [w for w in dep.workers if w.proc is not None and w.proc.poll() is None]
+    return sum(int(w.stats().get("events_redelivered", 0)) for w in live)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_broker_restart_mid_stream_loses_nothing_and_applies_nothing_twice(
@@ -90,6 +97,7 @@ def test_broker_restart_mid_stream_loses_nothing_and_applies_nothing_twice(
     assert all(w.proc is not None and w.proc.poll() is None for w in deployment.workers)
     figure("broker_restart", back_at - restart_at, "s")
     figure("restart_to_lag0", caught_up_at - restart_at, "s")
+    figure("events_redelivered_skipped", _redelivered(deployment), "events")
 
 
 @pytest.mark.slow
@@ -123,6 +131,7 @@ def test_three_workers_share_partitions_and_survive_a_kill_and_a_join(
     everywhere, one_partition = watcher.longest_pause(killed_at, settled_at)
     figure("rebalance_pause_all_partitions", everywhere, "s")
     figure("rebalance_pause_one_partition", one_partition, "s")
+    figure("events_redelivered_skipped", _redelivered(deployment), "events")
 
 
 @pytest.mark.slow
