@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from deployment import Deployment
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from streams.records import EVENTS
@@ -211,3 +211,25 @@ class LagProbe:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def group_assignment(dep: Deployment) -> tuple[str, list[set[int]]]:
+    """The worker group's state (``Stable``, ...) and each member's ``events`` partitions,
+    as the broker's group coordinator reports them."""
+    admin = KafkaAdminClient(bootstrap_servers=dep.bootstrap)
+    try:
+        group = admin.describe_groups([dep.group])[dep.group]
+    finally:
+        admin.close()
+    owned = []
+    for member in group["members"]:
+        assignment = member["member_assignment"] or {}
+        owned.append(
+            {
+                partition
+                for entry in assignment.get("assigned_partitions", [])
+                if entry["topic"] == dep.topic(EVENTS)
+                for partition in entry["partitions"]
+            }
+        )
+    return str(group["group_state"]), owned
