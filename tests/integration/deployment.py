@@ -147,6 +147,27 @@ class Deployment:
             time.sleep(0.5)
         return counts
 
+    def log_counts(self, total: int, timeout_s: float = 60.0) -> Counter[str]:
+        """Records per key in the ``events`` log, read from the start until ``total`` are in."""
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=1000,
+        )
+        parts = [TopicPartition(self.topic(EVENTS), p) for p in range(PARTITIONS)]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        counts: Counter[str] = Counter()
+        deadline = time.monotonic() + timeout_s
+        try:
+            while counts.total() < total and time.monotonic() < deadline:
+                for record in consumer:
+                    counts[record.key.decode()] += 1
+        finally:
+            consumer.close()
+        return counts
+
     def top(self, user: str, k: int = 10) -> list[str]:
         return [m.decode() for m in self.redis.zrevrange(self.keys.recs(user), 0, k - 1)]
 
