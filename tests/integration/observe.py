@@ -113,16 +113,26 @@ class Watcher:
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
+        self._thread = threading.Thread(target=self._guarded, name="watcher", daemon=True)
         self._last: dict[str, tuple[int, int]] = {}
+        self._failure: BaseException | None = None
 
     def __enter__(self) -> Watcher:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
+        # A watcher that died early would let every check below pass unwatched.
+        if exc_type is None and self._failure is not None:
+            raise AssertionError(f"the watcher failed: {self._failure!r}") from self._failure
+
+    def _guarded(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # reported by __exit__ in the test's thread
+            self._failure = exc
 
     def _read(self) -> dict[str, tuple[int, int]]:
         pipe = self.dep.redis.pipeline(transaction=False)
