@@ -44,13 +44,19 @@ class CatalogueSync:
         )
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="catalogue-sync")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.caught_up.wait(), wait_s)
+        self._task.add_done_callback(_report_crash)
+        caught_up = asyncio.create_task(self.caught_up.wait())
+        await asyncio.wait({self._task, caught_up}, timeout=wait_s, return_when="FIRST_COMPLETED")
+        caught_up.cancel()
+        if self._task.done():  # it only ends by failing: a worker without a catalogue must not run
+            self._task.result()
+            raise RuntimeError("catalogue sync ended unexpectedly")
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A crash was logged when it happened (_report_crash); stopping must still finish.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         if self._consumer is not None:
             await self._consumer.stop()
@@ -77,15 +83,18 @@ class CatalogueSync:
                     self.caught_up.set()
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        while True:
-            partitions = consumer.partitions_for_topic(self.topic)
-            if partitions:
-                tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-                consumer.assign(tps)
-                await consumer.seek_to_beginning(*tps)
-                return tps
-            await consumer.force_metadata_update()
-            await asyncio.sleep(0.5)
+        # aiokafka knows the partitions only of topics it tracks, and Apache Kafka answers its
+        # bootstrap metadata request with no topics at all (Tansu answers with every topic), so
+        # partitions_for_topic() starts out None there. An offset lookup makes the client track
+        # the topic and returns once its metadata is in.
+        await consumer.beginning_offsets([TopicPartition(self.topic, 0)])
+        partitions = consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            raise RuntimeError(f"no partitions known for {self.topic!r} after a metadata update")
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        return tps
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         catalogue = self.engine.catalogue
@@ -105,3 +114,10 @@ class CatalogueSync:
         except (VectorRecordError, CatalogueVersionError, ValueError, KeyError) as exc:
             # Vectors of another encoder version are expected during a roll-out: skip them.
             log.debug("skipping item vector: %s", exc)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "catalogue sync crashed; new item vectors no longer arrive", exc_info=task.exception()
+        )

@@ -17,14 +17,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from streams.services import LOOPBACK, ServerProcess, ServiceError, free_port, wait_for_kafka
+from streams.services import LOOPBACK, KafkaServer, Launch, ServiceError, free_port
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +224,14 @@ def _cluster_id() -> str:
             return cid
 
 
-class ApacheKafka:
+class ApacheKafka(KafkaServer):
     """Apache Kafka KRaft single node under ``work_dir``; durable across stop, start, restart.
 
     Ports are chosen once, so a restarted broker answers at the same :attr:`bootstrap`.
     """
+
+    #: A controlled shutdown moves leadership and flushes logs: give it time before SIGKILL.
+    stop_timeout_s = 60.0
 
     def __init__(
         self,
@@ -245,6 +245,9 @@ class ApacheKafka:
         num_partitions: int = 1,
         start_timeout_s: float = 120.0,
     ) -> None:
+        super().__init__(
+            "apache-kafka", work_dir / "kafka.log", port=port, start_timeout_s=start_timeout_s
+        )
         self.work_dir = work_dir
         self.data_dir = work_dir / "data"
         self.config_path = work_dir / "server.properties"
@@ -252,42 +255,22 @@ class ApacheKafka:
         self.cache_dir = cache_dir
         self.heap_mb = heap_mb
         self.num_partitions = num_partitions
-        self.start_timeout_s = start_timeout_s
-        self.port = port or free_port()
         self.controller_port = controller_port or free_port()
         while self.controller_port == self.port:
             self.controller_port = free_port()
-        self.startup_s: float | None = None
-        self._proc = ServerProcess("apache-kafka", work_dir / "kafka.log")
-
-    @property
-    def url(self) -> str:
-        """``kafka://127.0.0.1:PORT``."""
-        return f"kafka://{self.bootstrap}"
-
-    @property
-    def bootstrap(self) -> str:
-        """``127.0.0.1:PORT``."""
-        return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        """Where the broker's output goes (appended across restarts)."""
-        return self._proc.log_path
-
-    @property
-    def pid(self) -> int | None:
-        """The JVM's process id while running."""
-        return self._proc.pid
 
     def start(self) -> None:
-        """Start (formatting the storage on first start); return once metadata answers.
+        """Start (fetching the jars and formatting the storage on first use); return once
+        metadata answers. No-op when already running."""
+        super().start()
+        log.info(
+            "Apache Kafka %s answered at %s after %.1fs",
+            self.version,
+            self.bootstrap,
+            self.startup_s or 0.0,
+        )
 
-        :attr:`startup_s` then holds the seconds from process start to the first answer.
-        No-op when already running.
-        """
-        if self._proc.alive():
-            return
+    def _launch(self) -> Launch:
         java = find_java()
         libs = ensure_kafka_libs(self.version, self.cache_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -304,36 +287,21 @@ class ApacheKafka:
         broker_log4j.write_text(_BROKER_LOG4J.format(level="INFO"))
         if not (self.data_dir / "meta.properties").is_file():
             self._format_storage(java, libs)
-        started = time.monotonic()
-        self._proc.spawn(
-            [
-                str(java),
-                f"-Xmx{self.heap_mb}m",
-                f"-Xms{min(self.heap_mb, 128)}m",
-                "-XX:+UseG1GC",
-                "-XX:MaxGCPauseMillis=20",
-                "-XX:+ExitOnOutOfMemoryError",
-                "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={broker_log4j}",
-                "-cp",
-                str(libs / "*"),  # expanded by java itself, not by a shell
-                "kafka.Kafka",
-                str(self.config_path),
-            ],
-            cwd=self.work_dir,
-        )
-        try:
-            wait_for_kafka(self.bootstrap, self.start_timeout_s, self._proc)
-        except BaseException:
-            self._proc.stop(signal.SIGKILL)
-            raise
-        self.startup_s = time.monotonic() - started
-        log.info(
-            "Apache Kafka %s answered at %s after %.1fs",
-            self.version,
-            self.bootstrap,
-            self.startup_s,
-        )
+        argv = [
+            str(java),
+            f"-Xmx{self.heap_mb}m",
+            f"-Xms{min(self.heap_mb, 128)}m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={broker_log4j}",
+            "-cp",
+            str(libs / "*"),  # expanded by java itself, not by a shell
+            "kafka.Kafka",
+            str(self.config_path),
+        ]
+        return Launch(argv, cwd=self.work_dir)
 
     def _format_storage(self, java: Path, libs: Path) -> None:
         tool_log4j = self.work_dir / "log4j2-tools.properties"
@@ -365,23 +333,8 @@ class ApacheKafka:
                 + "\n".join((done.stdout + done.stderr).splitlines()[-30:])
             )
 
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        """Stop with ``sig`` (SIGTERM: controlled shutdown; SIGKILL: a crash); idempotent."""
-        self._proc.stop(sig, timeout_s=60.0)
-
     def restart(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        """Stop with ``sig`` and start again on the same ports and the same log directory."""
+        """Stop with ``sig`` (SIGTERM: controlled shutdown; SIGKILL: a crash) and start again
+        on the same ports and the same log directory."""
         self.stop(sig)
         self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -89,6 +89,9 @@ def bootstrap_from_url(broker_url: str) -> str:
 class Broker(Protocol):
     """A Kafka-protocol broker the stack can start and stop."""
 
+    #: Seconds from process start to the first metadata answer, once started.
+    startup_s: float | None
+
     @property
     def url(self) -> str:
         """``kafka://host:port``, the STREAMREC_BROKER form."""
@@ -282,6 +285,104 @@ def wait_for_kafka(bootstrap: str, timeout_s: float, process: ServerProcess | No
     raise ServiceError(f"broker {what}")
 
 
+# --- the server lifecycle --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to run a server: its argv, working directory and extra environment."""
+
+    argv: Sequence[str]
+    cwd: Path | None = None
+    env: Mapping[str, str] | None = None
+
+
+class ManagedServer:
+    """The start / wait-until-it-answers / stop lifecycle every embedded server shares.
+
+    A subclass says how to launch (:meth:`_launch`) and when the server is ready
+    (:meth:`_wait_ready`); a server that fails to become ready is killed before the error
+    propagates. :attr:`startup_s` holds the seconds from process start to the first answer.
+    """
+
+    #: How long :meth:`stop` waits after its signal before SIGKILL.
+    stop_timeout_s: float = 10.0
+
+    def __init__(self, name: str, log_path: Path, *, start_timeout_s: float) -> None:
+        self.start_timeout_s = start_timeout_s
+        self.startup_s: float | None = None
+        self._proc = ServerProcess(name, log_path)
+
+    @property
+    def log_path(self) -> Path:
+        """Where the server's output goes (appended across restarts)."""
+        return self._proc.log_path
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while running."""
+        return self._proc.pid
+
+    def _launch(self) -> Launch:
+        raise NotImplementedError
+
+    def _wait_ready(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start and return once the server answers. No-op when already running."""
+        if self._proc.alive():
+            return
+        launch = self._launch()
+        started = time.monotonic()
+        self._proc.spawn(launch.argv, cwd=launch.cwd, env=launch.env)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self._proc.stop(signal.SIGKILL)
+            raise
+        self.startup_s = time.monotonic() - started
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop with ``sig``, escalating to SIGKILL after :attr:`stop_timeout_s`; idempotent."""
+        self._proc.stop(sig, timeout_s=self.stop_timeout_s)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class KafkaServer(ManagedServer):
+    """A Kafka-protocol broker on one 127.0.0.1 port, ready once metadata answers."""
+
+    def __init__(
+        self, name: str, log_path: Path, *, port: int | None, start_timeout_s: float
+    ) -> None:
+        super().__init__(name, log_path, start_timeout_s=start_timeout_s)
+        self.port = port or free_port()
+
+    @property
+    def url(self) -> str:
+        """``kafka://127.0.0.1:PORT``."""
+        return f"kafka://{self.bootstrap}"
+
+    @property
+    def bootstrap(self) -> str:
+        """``127.0.0.1:PORT``."""
+        return f"{LOOPBACK}:{self.port}"
+
+    def _wait_ready(self) -> None:
+        wait_for_kafka(self.bootstrap, self.start_timeout_s, self._proc)
+
+
 # --- Tansu -----------------------------------------------------------------------------------
 
 
@@ -304,73 +405,26 @@ def tansu_binary() -> Path:
         raise ServiceError(f"no usable Tansu binary: {exc}") from exc
 
 
-class Tansu:
+class Tansu(KafkaServer):
     """Memory-only Tansu broker on 127.0.0.1: starts in ~0.2 s, forgets everything on stop."""
 
     def __init__(self, log_dir: Path, *, port: int | None = None, start_timeout_s: float = 30.0):
+        super().__init__("tansu", log_dir / "tansu.log", port=port, start_timeout_s=start_timeout_s)
         self.log_dir = log_dir
-        self.port = port or free_port()
-        self.start_timeout_s = start_timeout_s
-        self.startup_s: float | None = None
-        self._proc = ServerProcess("tansu", log_dir / "tansu.log")
 
-    @property
-    def url(self) -> str:
-        """``kafka://127.0.0.1:PORT``."""
-        return f"kafka://{self.bootstrap}"
-
-    @property
-    def bootstrap(self) -> str:
-        """``127.0.0.1:PORT``."""
-        return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        """Where the broker's output goes."""
-        return self._proc.log_path
-
-    def start(self) -> None:
-        """Start the broker; return once it answers metadata. No-op when already running."""
-        if self._proc.alive():
-            return
+    def _launch(self) -> Launch:
         listener = f"tcp://{self.bootstrap}"
-        started = time.monotonic()
-        self._proc.spawn(
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                listener,
-                "--advertised-listener-url",
-                listener,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            cwd=self.log_dir,
-            env={"RUST_LOG": TANSU_RUST_LOG},
-        )
-        try:
-            wait_for_kafka(self.bootstrap, self.start_timeout_s, self._proc)
-        except BaseException:
-            self._proc.stop(signal.SIGKILL)
-            raise
-        self.startup_s = time.monotonic() - started
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        """Stop the broker (all its data is gone); idempotent."""
-        self._proc.stop(sig, timeout_s=10.0)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        argv = [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        return Launch(argv, cwd=self.log_dir, env={"RUST_LOG": TANSU_RUST_LOG})
 
 
 # --- Valkey ----------------------------------------------------------------------------------
@@ -398,60 +452,42 @@ def valkey_binary() -> Path:
     )
 
 
-class Valkey:
+class Valkey(ManagedServer):
     """A throw-away Valkey (or Redis) server on 127.0.0.1 without persistence."""
 
     def __init__(self, work_dir: Path, *, port: int | None = None, start_timeout_s: float = 20.0):
+        super().__init__("valkey", work_dir / "valkey.log", start_timeout_s=start_timeout_s)
         self.work_dir = work_dir
         self.port = port or free_port()
-        self.start_timeout_s = start_timeout_s
-        self.startup_s: float | None = None
-        self._proc = ServerProcess("valkey", work_dir / "valkey.log")
 
     @property
     def url(self) -> str:
         """``redis://127.0.0.1:PORT/0``."""
         return f"redis://{LOOPBACK}:{self.port}/0"
 
-    @property
-    def log_path(self) -> Path:
-        """Where the server's output goes."""
-        return self._proc.log_path
-
-    def start(self) -> None:
-        """Start the server; return once it answers PING. No-op when already running."""
-        if self._proc.alive():
-            return
+    def _launch(self) -> Launch:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
-        self._proc.spawn(
-            [
-                str(valkey_binary()),
-                "--bind",
-                LOOPBACK,
-                "--port",
-                str(self.port),
-                "--protected-mode",
-                "yes",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--dir",
-                str(self.work_dir),
-            ],
-            cwd=self.work_dir,
-        )
-        try:
-            self._wait_for_ping()
-        except BaseException:
-            self._proc.stop(signal.SIGKILL)
-            raise
-        self.startup_s = time.monotonic() - started
+        argv = [
+            str(valkey_binary()),
+            "--bind",
+            LOOPBACK,
+            "--port",
+            str(self.port),
+            "--protected-mode",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.work_dir),
+        ]
+        return Launch(argv, cwd=self.work_dir)
 
-    def _wait_for_ping(self) -> None:
+    def _wait_ready(self) -> None:
+        """Return once the server answers PING."""
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if not self._proc.alive():
@@ -469,22 +505,6 @@ class Valkey:
                     client.close()
             time.sleep(0.05)
         raise self._proc.failure(f"did not answer PING within {self.start_timeout_s:.0f}s")
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        """Stop the server (no data is kept); idempotent."""
-        self._proc.stop(sig, timeout_s=10.0)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --- topics ----------------------------------------------------------------------------------

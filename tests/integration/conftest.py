@@ -8,10 +8,12 @@ this folder gets the ``integration`` marker.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,9 @@ from streams.services import Broker, EmbeddedStack, Valkey, bootstrap_from_url
 
 HERE = Path(__file__).parent
 KINDS = ("tansu", "apache-kafka", "external")
+#: Figures measured by the tests: (broker, test, name, value, unit). Printed at the end of the
+#: run and appended as JSON lines to $STREAMREC_TEST_FIGURES when that is set.
+FIGURES: list[tuple[str, str, str, float, str]] = []
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     kind = selected_broker()
     work_dir = tmp_path_factory.mktemp("services")
     if kind != "external":
+        started = time.monotonic()
         with EmbeddedStack(work_dir, broker=kind) as embedded:
+            took = time.monotonic() - started
+            FIGURES.append((kind, "session", "services_start", round(took, 2), "s"))
+            if embedded.broker.startup_s is not None:  # process start -> metadata answers
+                startup = round(embedded.broker.startup_s, 2)
+                FIGURES.append((kind, "session", "broker_start", startup, "s"))
             yield Stack(
                 kind, embedded.broker_url, embedded.bootstrap, embedded.redis_url, embedded.broker
             )
@@ -100,3 +111,30 @@ def redis_client(stack: Stack) -> Iterator[redis.Redis]:
 def topic_names() -> str:
     """A topic-name prefix unique to this test (``t1a2b3c4d-``), so tests never share topics."""
     return f"t{uuid.uuid4().hex[:8]}-"
+
+
+@pytest.fixture
+def figure(
+    request: pytest.FixtureRequest, record_property: Callable[[str, object], None]
+) -> Callable[[str, float, str], None]:
+    """``figure(name, value, unit)`` records a measured figure for the run's summary."""
+
+    def record(name: str, value: float, unit: str = "s") -> None:
+        record_property(name, value)
+        FIGURES.append((selected_broker(), request.node.name, name, round(value, 2), unit))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not FIGURES:
+        return
+    terminalreporter.write_sep("-", "measured figures")
+    for broker, test, name, value, unit in FIGURES:
+        terminalreporter.write_line(f"{broker:<13} {name:<30} {value:>8} {unit:<7} {test}")
+    path = os.environ.get("STREAMREC_TEST_FIGURES")
+    if path:
+        with Path(path).open("a") as out:
+            for broker, test, name, value, unit in FIGURES:
+                row = {"broker": broker, "test": test, "name": name, "value": value, "unit": unit}
+                out.write(json.dumps(row) + "\n")

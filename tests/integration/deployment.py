@@ -38,6 +38,7 @@ class Deployment:
 
     def __post_init__(self) -> None:
         self.topic_prefix = f"t{self.tag}-"
+        self.group = f"streamrec-{self.tag}"  # the workers' consumer group (STREAMREC_APP_ID)
         self.keys = Keys(f"sr{self.tag}:")
         self.redis = redis.Redis.from_url(self.redis_url)
         create_topics(self.bootstrap, topic_specs(PARTITIONS, self.topic_prefix))
@@ -53,7 +54,7 @@ class Deployment:
             PARTITIONS,
             STREAMREC_TOPIC_PREFIX=self.topic_prefix,
             STREAMREC_REDIS_PREFIX=self.keys.prefix,
-            STREAMREC_APP_ID=f"streamrec-{self.tag}",
+            STREAMREC_APP_ID=self.group,
             STREAMREC_TOP_K="20",
             **extra,
         )
@@ -67,6 +68,19 @@ class Deployment:
         if wait:
             worker.wait_ready()
         return worker
+
+    def start_workers(self, *names: str) -> list[WorkerProcess]:
+        """Start several workers at once (they load the model in parallel); wait for all."""
+        started = [self.start_worker(name, wait=False) for name in names]
+        for worker in started:
+            worker.wait_ready()
+        return started
+
+    def forget_users(self) -> None:
+        """Delete every ``sr:user`` and ``sr:recs`` key: only the changelog still knows users."""
+        for pattern in (self.keys.user("*"), self.keys.recs("*") + "*"):
+            for key in self.redis.scan_iter(match=pattern, count=1000):
+                self.redis.delete(key)
 
     def stop(self) -> None:
         for worker in self.workers:
@@ -131,6 +145,27 @@ class Deployment:
                 time.sleep(settle_s)
                 return self.user_events(expected)
             time.sleep(0.5)
+        return counts
+
+    def log_counts(self, total: int, timeout_s: float = 60.0) -> Counter[str]:
+        """Records per key in the ``events`` log, read from the start until ``total`` are in."""
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=1000,
+        )
+        parts = [TopicPartition(self.topic(EVENTS), p) for p in range(PARTITIONS)]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        counts: Counter[str] = Counter()
+        deadline = time.monotonic() + timeout_s
+        try:
+            while counts.total() < total and time.monotonic() < deadline:
+                for record in consumer:
+                    counts[record.key.decode()] += 1
+        finally:
+            consumer.close()
         return counts
 
     def top(self, user: str, k: int = 10) -> list[str]:
