@@ -73,9 +73,20 @@ class LocalGroups:
 
     def learn_many(self, vecs: FloatMatrix) -> None:
         """Fold unit interest vectors in (test-then-train: assign first, then learn)."""
+        vecs = vecs[np.abs(vecs).sum(axis=1) > 0]
+        seeded = self.shared.seeded
+        if len(vecs) and not self.candidates and seeded.any():
+            # The common case, vectorised: vectors near a centroid (or no slot left) join it.
+            sims = vecs @ self.shared.centroids.T
+            sims[:, ~seeded] = -np.inf
+            best = np.argmax(sims, axis=1)
+            near = sims[np.arange(len(vecs)), best] >= self.config.seed_similarity
+            if not self._room():
+                near[:] = True
+            np.add.at(self.pending_sum, best[near], vecs[near])
+            self.pending_n += np.bincount(best[near], minlength=len(self.pending_n))
+            vecs = vecs[~near]
         for vec in vecs:
-            if not vec.any():
-                continue
             seeded = self.shared.seeded
             sims = np.where(seeded, self.shared.centroids @ vec, -np.inf)
             cand = [float(_unit(c) @ vec) for c, _ in self.candidates]
