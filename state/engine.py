@@ -181,11 +181,14 @@ class Engine:
             return
         rows = [row]
         if clicked:
-            rows.append(self._hard_negative(state, signals, row))
+            # Two negatives: a random item (what content must rule out) and the nearest of a
+            # few (what co-occurrence and popularity must decide between). Hard negatives
+            # alone taught the model to rank by popularity: planted share of top-10 9.8%.
+            rows += [self._negatives.randrange(n), self._hard_negative(state, signals, row)]
         feats = self._features(state, signals, rows)
         self.click.learn_one(feats[0], clicked)
-        if clicked:
-            self.click.learn_one(feats[1], False)
+        for negative in feats[1:]:
+            self.click.learn_one(negative, False)
 
     def _hard_negative(self, state: UserState, signals: Signals, positive: int) -> int:
         """Of a few random items, the one nearest the user: what ranking had to beat.

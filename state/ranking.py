@@ -174,7 +174,7 @@ class Ranker:
     ) -> list[Ranked]:
         """One top-``k`` per request (its ``vec`` alone), vectorised over the batch."""
         snapshot = signals.snapshot
-        weights = signals.weights or self.weights
+        weights = self.weights
         n = len(snapshot)
         if n == 0 or not requests:
             return [Ranked(r.user_id, [], {}, "popular") for r in requests]
@@ -225,13 +225,27 @@ class Ranker:
             score[np.take_along_axis(dense, safe, axis=1)] = -np.inf
         k = min(k, score.shape[1])
         best = np.argpartition(-score, k - 1, axis=1)[:, :k]
-        best = np.take_along_axis(
-            best,
-            np.argsort(-np.take_along_axis(score, best, axis=1), axis=1, kind="stable"),
-            axis=1,
-        )
-        chosen = np.take_along_axis(rows, best, axis=1)
         top_score = np.take_along_axis(score, best, axis=1)
+        if signals.weights is not None:
+            # The click model re-ranks the blend's top-k: the configured blend picks which k
+            # (a linear click model alone would push popular off-interest items in), the
+            # learned weights order them.
+            learned = signals.weights
+            at = np.broadcast_to(best, parts.shape[:1] + best.shape)
+            raw = np.take_along_axis(parts, at, axis=2)
+            configured = np.array([self.weights.content, self.weights.collab, self.weights.popular])
+            scale = np.divide(
+                np.array([learned.content, learned.collab, learned.popular]),
+                configured,
+                out=np.zeros(3),
+                where=configured != 0,
+            )
+            rescored = np.einsum("p,pbk->bk", scale.astype(np.float32), raw)
+            top_score = np.where(np.isfinite(top_score), rescored, -np.inf).astype(np.float32)
+        order = np.argsort(-top_score, axis=1, kind="stable")
+        best = np.take_along_axis(best, order, axis=1)
+        top_score = np.take_along_axis(top_score, order, axis=1)
+        chosen = np.take_along_axis(rows, best, axis=1)
         strongest = np.argmax(
             np.take_along_axis(parts, np.broadcast_to(best, parts.shape[:1] + best.shape), axis=2),
             axis=0,
