@@ -48,7 +48,7 @@ class EngineConfig:
     #: Learn the blend weights online from engagements (see :mod:`state.click_model`).
     click_model: bool = True
     #: Learn from one in this many labelled events.
-    click_every: int = 4
+    click_every: int = 8
 
     @property
     def interests(self) -> InterestConfig:
@@ -170,7 +170,7 @@ class Engine:
             return
         self._click_seen += 1
         if self._click_seen % self.config.click_every:
-            return  # a sample is plenty for three weights, and learning costs ~0.2 ms
+            return  # a sample is plenty for three weights, and learning costs ~0.3 ms
         now = time.monotonic()
         if self._frozen is None or now - self._frozen[0] > SIGNALS_REFRESH_S:
             self._frozen = (now, self.signals())
