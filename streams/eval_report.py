@@ -25,7 +25,7 @@ _DPI = 110
 
 
 def _over_time(result: EvalResult, metric: str, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     t0 = result.window_starts_ms[0] if result.window_starts_ms else 0
     starts = [(t - t0) / 86_400_000 for t in result.window_starts_ms]
     for name, method in result.methods.items():
@@ -36,7 +36,7 @@ def _over_time(result: EvalResult, metric: str, path: Path) -> Path:
     ax.set_title(f"{result.dataset}: {metric} per time window (test-then-train)")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     ax.set_xlabel("days since the first event (window start)")
     fig.tight_layout()
     fig.savefig(path, dpi=_DPI)

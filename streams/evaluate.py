@@ -154,6 +154,8 @@ def format_table(result: EvalResult) -> str:
         " ".join([f"{'method':<{width}}", *(f"{c:>15}" for c in columns)]),
     ]
     for method, metrics in table.items():
+        if not any(c in metrics for c in columns):
+            continue  # e.g. the --through-kafka agreement row, printed below
         cells = [_cell(metrics.get(c)) for c in columns]
         lines.append(" ".join([f"{method:<{width}}", *(f"{c:>15}" for c in cells)]))
     gaps = sorted({k for m in table.values() for k in m if "_gap:" in k})
