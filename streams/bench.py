@@ -112,7 +112,10 @@ def run_bench(
     ]
     figures["limit_events_per_s"] = round(1.0 / sum(1.0 / s for s in stages), 1)
     figures["ratio"] = round(figures["pipeline_events_per_s"] / figures["limit_events_per_s"], 3)
-    return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in figures.items()}
+    return {
+        k: (round(v, 3 if abs(v) < 10 else 1) if isinstance(v, float) else v)
+        for k, v in figures.items()
+    }
 
 
 def _encoder_figures() -> dict[str, Any]:
