@@ -16,6 +16,7 @@ import orjson
 import pytest
 from deployment import Deployment
 
+from state.click_model import WARMUP_EXAMPLES
 from state.groups import GroupConfig, LocalGroups, SharedGroups, adjusted_rand_index, merge
 from state.interest import normalised
 from state.reader import RecsReader
@@ -121,7 +122,7 @@ def test_the_click_model_learns_shares_its_weights_and_resumes_after_a_restart(
 ) -> None:
     worker = deployment.start_worker("w0", STREAMREC_CLICK_SYNC_S="1")
     deployment.publish_world(WORLD)
-    counts = deployment.publish_events(events(WORLD, 2000, seed=41))
+    counts = deployment.publish_events(events(WORLD, 5000, seed=41))
     assert deployment.wait_counts(counts) == dict(counts)
     time.sleep(2.5)  # at least one sync: checkpoint written, weights shared
     stats = worker.stats()
@@ -129,7 +130,7 @@ def test_the_click_model_learns_shares_its_weights_and_resumes_after_a_restart(
     shared = deployment.redis.hgetall(deployment.keys.click())
     assert len(shared) == 1
     entry = orjson.loads(next(iter(shared.values())))
-    assert entry["examples"] > 300 and entry["collab"] != 0.35  # learned, not the default
+    assert entry["examples"] > WARMUP_EXAMPLES and entry["collab"] != 0.35  # learned weights
     learned = stats["click_examples"]
     worker.stop()
     restarted = deployment.start_worker("w0", STREAMREC_CLICK_SYNC_S="1")
