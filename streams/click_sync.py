@@ -139,8 +139,11 @@ class ClickSync:
         await self.store.client.hset(key, self.field, orjson.dumps(entry))
         raw = await self.store.client.hgetall(key)
         now = time.time()
-        fresh = [orjson.loads(v) for v in raw.values()]
-        fresh = [e for e in fresh if now - e["at"] < STALE_S and e["examples"] > 0]
+        entries = {k: orjson.loads(v) for k, v in raw.items()}
+        stale = [k for k, e in entries.items() if now - e["at"] >= STALE_S]
+        if stale:  # replicas that stopped (every restart is a new host:pid field)
+            await self.store.client.hdel(key, *stale)
+        fresh = [e for e in entries.values() if now - e["at"] < STALE_S and e["examples"] > 0]
         total = sum(e["examples"] for e in fresh)
         if not total:
             self.engine.shared_weights = None
