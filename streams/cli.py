@@ -47,7 +47,6 @@ def worker(loglevel: str) -> None:
     from faust.worker import Worker
 
     from encoders.registry import ModelNotFoundError
-    from state.redis_store import RedisUnavailable
     from streams.app import create_app
     from streams.runtime import Runtime
 

@@ -10,8 +10,6 @@ global blend learned from all partitions. The model itself is checkpointed to th
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -21,12 +19,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
-import redis.exceptions
 
 from state.click_model import CheckpointError, ClickModel
 from state.engine import Engine
 from state.ranking import BlendWeights
 from state.redis_store import RedisStore
+from streams.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +55,10 @@ def restore(engine: Engine, data_dir: Path) -> bool:
     return True
 
 
-class ClickSync:
+class ClickSync(Periodic):
     """Periodic checkpoint and weight sharing; see the module docstring."""
+
+    name = "click-model sync"
 
     def __init__(
         self,
@@ -68,34 +68,22 @@ class ClickSync:
         sync_s: float,
         on_drift: Callable[[dict[str, object]], Awaitable[None]] | None = None,
     ) -> None:
+        super().__init__(sync_s)
         self.store = store
         self.on_drift = on_drift
         self._drifts = engine.click.stats.drifts if engine.click is not None else 0
         self.engine = engine
         self.data_dir = data_dir
-        self.sync_s = sync_s
         self.field = f"{socket.gethostname()}:{os.getpid()}"
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="click-sync")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().stop()
         self.checkpoint()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.sync_s)
-            self.checkpoint()
-            try:
-                await self._report_drift()
-                await self.sync_once()
-            except (redis.exceptions.RedisError, OSError) as exc:
-                log.warning("click-model sync failed (%s); next try in %.0fs", exc, self.sync_s)
+    async def tick(self) -> None:
+        self.checkpoint()
+        await self._report_drift()
+        await self.sync_once()
 
     async def _report_drift(self) -> None:
         """One record on the drift topic per sync in which ADWIN flagged the model's error."""

@@ -10,27 +10,25 @@ every group centroid like a user into ``sr:group:{g}:recs`` and writes the group
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from collections import Counter
 from concurrent.futures import Executor
 
 import numpy as np
-import redis.exceptions
 
 from state.engine import Engine
 from state.groups import GroupConfig, LocalGroups, SharedGroups, merge
 from state.ranking import RankRequest
 from state.redis_store import RedisStore
-
-log = logging.getLogger(__name__)
+from streams.periodic import Periodic
 
 #: Titles shown per group profile.
 PROFILE_TITLES = 5
 
 
-class GroupsSync:
+class GroupsSync(Periodic):
     """Periodic sync task; :attr:`local` is what the events processor uses in between."""
+
+    name = "user-groups sync"
 
     def __init__(
         self,
@@ -41,14 +39,13 @@ class GroupsSync:
         sync_s: float,
         top_k: int,
     ) -> None:
+        super().__init__(sync_s)
         self.store = store
         self.engine = engine
         self.executor = executor
         self.config = config
-        self.sync_s = sync_s
         self.top_k = top_k
         self.local = self._fresh(None)
-        self._task: asyncio.Task[None] | None = None
 
     def _fresh(self, shared: SharedGroups | None) -> LocalGroups:
         catalogue = self.engine.catalogue
@@ -57,22 +54,8 @@ class GroupsSync:
             shared = SharedGroups.empty(self.config.max_groups, catalogue.dim, catalogue.version)
         return LocalGroups(shared, self.config)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="groups-sync")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.sync_s)
-            try:
-                await self.sync_once()
-            except (redis.exceptions.RedisError, OSError) as exc:
-                log.warning("user-groups sync failed (%s); next try in %.0fs", exc, self.sync_s)
+    async def tick(self) -> None:
+        await self.sync_once()
 
     async def sync_once(self) -> SharedGroups:
         """Merge local learning into ``sr:groups``, adopt the result, maybe publish groups."""
