@@ -47,12 +47,16 @@ class GroupsSync(Periodic):
         self.top_k = top_k
         self.local = self._fresh(None)
 
-    def _fresh(self, shared: SharedGroups | None) -> LocalGroups:
+    def _usable(self, shared: SharedGroups | None) -> SharedGroups:
+        """``shared``, or an empty model when there is none or it is of another encoder version
+        (its centroids mean nothing here)."""
         catalogue = self.engine.catalogue
         if shared is None or shared.version != catalogue.version:
-            # No model yet, or one of another encoder version: its centroids mean nothing here.
-            shared = SharedGroups.empty(self.config.max_groups, catalogue.dim, catalogue.version)
-        return LocalGroups(shared, self.config)
+            return SharedGroups.empty(self.config.max_groups, catalogue.dim, catalogue.version)
+        return shared
+
+    def _fresh(self, shared: SharedGroups | None) -> LocalGroups:
+        return LocalGroups(self._usable(shared), self.config)
 
     async def tick(self) -> None:
         await self.sync_once()
@@ -60,16 +64,13 @@ class GroupsSync(Periodic):
     async def sync_once(self) -> SharedGroups:
         """Merge local learning into ``sr:groups``, adopt the result, maybe publish groups."""
         learned = self.local
-        model = await self.store.sync_groups(lambda current: merge(self._base(current), learned))
+        model = await self.store.sync_groups(lambda current: merge(self._usable(current), learned))
         self.local = self._fresh(model)
         if model.seeded.any() and await self.store.try_lock(
             self.store.keys.groups_lock(), self.sync_s * 0.9
         ):
             await self._publish(model)
         return model
-
-    def _base(self, current: SharedGroups | None) -> SharedGroups:
-        return self._fresh(current).shared
 
     async def _publish(self, model: SharedGroups) -> None:
         groups = np.flatnonzero(model.seeded)
