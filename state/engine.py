@@ -27,7 +27,7 @@ from state.interest import (
 )
 from state.multi_interest import InterestConfig, active_interests, update_interests
 from state.popularity import Popularity
-from state.ranking import BlendWeights, CandidateIndex, Ranked, Ranker, RankRequest, Signals
+from state.ranking import BlendWeights, Ranked, Ranker, RankRequest, Signals
 
 #: Recent positives that feed co-occurrence, the collaborative score and explanations.
 RECENT_POSITIVES = 5
@@ -75,13 +75,12 @@ class Engine:
         self,
         catalogue: Catalogue,
         config: EngineConfig | None = None,
-        index: CandidateIndex | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.config = config or EngineConfig()
         self.popularity = Popularity(self.config.popularity_half_life_s)
         self.cooccurrence = CoOccurrence(self.config.popularity_half_life_s)
-        self.ranker = Ranker(self.config.weights, index)
+        self.ranker = Ranker(self.config.weights)
         self._interests = self.config.interests
         self.click: ClickModel | None = ClickModel() if self.config.click_model else None
         self._negatives = random.Random(0)  # noqa: S311 - sampling, not security
@@ -155,7 +154,6 @@ class Engine:
         return Signals(
             snapshot,
             self.popularity.normalised(n),
-            self.popularity.top(n, self.ranker.extra),
             self.cooccurrence.transition(n),
             self.shared_weights
             or (self.click.blend(self.config.weights) if self.click is not None else None),

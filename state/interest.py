@@ -101,7 +101,8 @@ class Interest:
 
     def mass(self, now_ms: int, half_life_s: float) -> float:
         """Length of the centroid decayed to ``now_ms`` (its weight among the user's interests)."""
-        return float(np.linalg.norm(self.vec)) * decay_factor(now_ms - self.ts_ms, half_life_s)
+        length = math.sqrt(float(np.dot(self.vec, self.vec)))  # np.linalg.norm: 3x the cost
+        return length * decay_factor(now_ms - self.ts_ms, half_life_s)
 
     def add(self, item_vec: Vector, weight: float, ts_ms: int, half_life_s: float) -> None:
         """Fold ``weight * item_vec`` in at event time ``ts_ms`` (order-independent)."""

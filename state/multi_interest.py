@@ -94,8 +94,11 @@ def active_interests(
 ) -> list[tuple[Vector, float]]:
     """``(unit vector, share)`` of the centroids that earn places in the list, biggest first.
 
-    Shares sum to 1. Fewer than two active centroids means the single interest vector is used.
+    Shares sum to 1. Fewer than two active centroids means the single interest vector is used
+    (so one centroid gives ``[]`` at once: ranking asks this of every user in every batch).
     """
+    if len(interests) < 2:
+        return []
     masses = [(i.mass(now_ms, half_life_s), i) for i in interests]
     total = sum(m for m, _ in masses)
     if total <= 0.0:
