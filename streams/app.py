@@ -27,6 +27,7 @@ from streams.processor import EventProcessor, ItemProcessor, Stats
 from streams.records import DEAD_LETTERS, EVENTS, ITEM_VECTORS, ITEMS, MODEL_DRIFT, Limits
 from streams.runtime import Runtime
 from streams.settings import Settings
+from streams.stall_watch import StallWatch
 from streams.transport import App
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,9 @@ class StreamrecApp:
         self.event_processor: EventProcessor | None = None
         self.groups: GroupsSync | None = None
         self.click_sync: ClickSync | None = None
+        self.stall_watch = StallWatch(
+            lambda: self.event_processor, self._assigned_events, self._settled, self.stats
+        )
         self.ready = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank")
         self.publish_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
@@ -155,6 +159,7 @@ class StreamrecApp:
             self.sync = CatalogueSync(settings, self.runtime.engine, self.stats)
             await self.sync.start()
             self._start_learners(self.runtime)
+            self.stall_watch.start()
             self.ready.set()
             log.info(
                 "streamrec worker ready: encoder %s, %d items",
@@ -175,6 +180,7 @@ class StreamrecApp:
                 self.event_processor.forget()
 
         async def close_runtime(sender: Any, *args: Any, **kwargs: Any) -> None:
+            await self.stall_watch.stop()
             if self.event_processor is not None:
                 self.event_processor.stopping.set()
                 # Let batches in flight reach Redis and be acked; the rest is redelivered.
@@ -192,6 +198,16 @@ class StreamrecApp:
         # faust's signal typing rejects coroutine receivers that it accepts at run time.
         cast(Any, app.on_partitions_revoked).connect(forget_states)
         cast(Any, app.on_before_shutdown).connect(close_runtime)
+
+    def _assigned_events(self) -> set[int]:
+        topic = self.events_topic.get_topic_name()
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+
+    def _settled(self) -> bool:
+        """Not rebalancing and every table recovered (user states complete)."""
+        app = self.app
+        recovery = cast(Any, app.tables).recovery  # TableManagerT does not declare it
+        return not app.rebalancing and not app.in_recovery and recovery.completed.is_set()
 
     def _start_learners(self, runtime: Runtime) -> None:
         """User groups and the click model: resume, then sync with the other replicas."""

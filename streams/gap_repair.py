@@ -26,6 +26,19 @@ class Record:
     offset: int
     timestamp: float  # seconds, like faust.types.Message.timestamp
 
+    def incref(self) -> None:
+        """Nothing to hold: the stream engine never delivered this record, so never acks it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refetched:
+    """A refetched record in the shape of a Faust event (``.message``, ``.ack()``)."""
+
+    message: Record
+
+    def ack(self) -> None:
+        """Nothing to release (see :meth:`Record.incref`)."""
+
 
 class GapRepair:
     """Reads offset ranges of one topic, and the group's committed offsets, on demand."""
@@ -55,6 +68,13 @@ class GapRepair:
         if offset is None or offset < 0:
             offset = (await consumer.beginning_offsets([tp]))[tp]
         return int(offset)
+
+    async def end_offsets(self, partitions: set[int]) -> dict[int, int]:
+        """The log end offset (next offset to be written) of each of ``partitions``."""
+        consumer = await self._ready()
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        ends = await consumer.end_offsets(tps) if tps else {}
+        return {tp.partition: int(offset) for tp, offset in ends.items()}
 
     async def fetch(self, partition: int, start: int, stop: int) -> list[Record]:
         """Records with ``start <= offset < stop`` (fewer if the log no longer has them)."""

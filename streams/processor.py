@@ -31,7 +31,7 @@ from state.popularity import log_add, log_increment
 from state.ranking import RankRequest, Signals
 from state.redis_store import UserWrite
 from streams.deadletters import dead_letter_headers
-from streams.gap_repair import GapRepair
+from streams.gap_repair import GapRepair, Refetched
 from streams.groups_sync import GroupsSync
 from streams.records import InvalidRecord, Item, Limits, parse_event, parse_item
 from streams.records_vectors import ItemVector, encode_item_vector
@@ -202,6 +202,8 @@ class EventProcessor:
         self.publishing: asyncio.Future[_Published] | None = None  # the newest Redis write
         self.publish_executor = publish_executor or executor
         self.groups = groups
+        # One batch at a time: the agent's and the stall watch's (``catch_up``) may interleave.
+        self._lock = asyncio.Lock()
 
     def forget(self) -> None:
         """Drop cached states and expected offsets (call when partitions are revoked)."""
@@ -248,6 +250,36 @@ class EventProcessor:
         """
         for event in batch:
             event.message.incref()
+        async with self._lock:
+            await self._process(batch)
+
+    @property
+    def idle(self) -> bool:
+        """No batch being applied or waiting for Redis."""
+        return not self._lock.locked() and not self.in_flight and not self.finishing
+
+    async def catch_up(self, partition: int, stop: int) -> int:
+        """Apply ``partition``'s records before offset ``stop`` the stream has not delivered.
+
+        For an assigned partition the stream engine stopped delivering (see
+        :mod:`streams.stall_watch`). At most one batch per call; re-deliveries later are
+        no-ops (every user state's watermark). Returns how many records were refetched.
+        """
+        if self.gaps is None:
+            return 0
+        async with self._lock:
+            start = self.next_offset.get(partition)
+            if start is None:
+                start = await self.gaps.committed(partition)
+            if start >= stop:
+                return 0
+            end = min(stop, start + self.settings.batch_max_events)
+            records = await self.gaps.fetch(partition, start, end)
+            if records:
+                await self._process([Refetched(r) for r in records])
+            return len(records)
+
+    async def _process(self, batch: Sequence[Any]) -> None:
         while len(self.in_flight) >= self.max_in_flight:
             await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
         try:

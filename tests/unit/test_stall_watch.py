@@ -1,0 +1,73 @@
+"""The stall watch catches up a partition the stream engine stopped delivering, exactly once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streams.gap_repair import Record, Refetched
+from streams.stall_watch import StallWatch
+from tests.unit.test_agents import T0, _app, _click, _until
+
+
+class Log:
+    """The ``events`` log of one partition, read as GapRepair reads the broker."""
+
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+        self.fetches: list[tuple[int, int, int]] = []
+
+    async def committed(self, partition: int) -> int:
+        return 0
+
+    async def end_offsets(self, partitions: set[int]) -> dict[int, int]:
+        return {p: len(self.records) for p in partitions}
+
+    async def fetch(self, partition: int, start: int, stop: int) -> list[Record]:
+        self.fetches.append((partition, start, stop))
+        return [r for r in self.records if start <= r.offset < stop]
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_partition_without_deliveries_is_caught_up_and_redelivery_is_a_no_op(
+    tmp_path: Path,
+) -> None:
+    sapp, store, _ = _app(tmp_path)
+    processor = sapp.event_processor
+    assert processor is not None
+    log = Log([Record(b"u1", _click(n), 0, n, (T0 + n) / 1000) for n in range(3)])
+    processor.gaps = log  # type: ignore[assignment]
+    settled = [False]
+    watch = StallWatch(lambda: processor, lambda: {0}, lambda: settled[0], sapp.stats)
+    await watch.tick()
+    await watch.tick()
+    assert not log.fetches, "nothing may be applied while tables are still recovering"
+    settled[0] = True
+    await watch.tick()  # first sight of the partition: behind, but not yet standing still
+    assert not log.fetches
+    await watch.tick()
+    assert log.fetches == [(0, 0, 3)]
+    await _until(lambda: store.users.get("u1", {}).get("events") == b"3")
+    assert sapp.stats.counters["stall_repairs"] == 1
+    await watch.tick()  # caught up: nothing to do
+    assert len(log.fetches) == 1
+    # The stream engine wakes up and delivers the same records: the watermark skips them.
+    await processor.process([Refetched(r) for r in log.records])
+    await processor.drain()
+    assert sapp.stats.counters["events_redelivered"] == 3
+    assert store.users["u1"]["events"] == b"3"
+
+
+async def test_a_partition_that_progresses_is_left_alone(tmp_path: Path) -> None:
+    sapp, _, _ = _app(tmp_path)
+    processor = sapp.event_processor
+    assert processor is not None
+    log = Log([Record(b"u1", _click(n), 0, n, (T0 + n) / 1000) for n in range(6)])
+    processor.gaps = log  # type: ignore[assignment]
+    watch = StallWatch(lambda: processor, lambda: {0}, lambda: True, sapp.stats)
+    for n in range(6):  # one record delivered between two checks: slow, not stalled
+        await watch.tick()
+        await processor.process([Refetched(log.records[n])])
+        await processor.drain()
+    assert not log.fetches and sapp.stats.counters["stall_repairs"] == 0
