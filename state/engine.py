@@ -86,6 +86,8 @@ class Engine:
         self._negatives = random.Random(0)  # noqa: S311 - sampling, not security
         self._frozen: tuple[float, Signals] | None = None
         self._click_seen = 0
+        #: Wall seconds spent teaching the click model (the worker reports it per event).
+        self.learn_seconds = 0.0
         #: Blend weights agreed by all replicas (``streams.click_sync``); else this click model's.
         self.shared_weights: BlendWeights | None = None
 
@@ -103,7 +105,9 @@ class Engine:
         recent = [self.catalogue.row(h.item_id) for h in state.positives(RECENT_POSITIVES)]
         item_vec = self.catalogue.vector(event.item_id) if event.item_id else None
         if self.click is not None and item_vec is not None:
+            started = time.perf_counter()
             self._learn_click(state, event)  # before the event is applied: test-then-train
+            self.learn_seconds += time.perf_counter() - started
         entry = apply_event(
             state,
             event_type=event.event_type,

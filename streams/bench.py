@@ -96,6 +96,10 @@ def run_bench(
             figures["pipeline_stage_us_per_event"] = {
                 k: round(v * 1e6 / n_events, 1) for k, v in stages_s.items()
             }
+            # What the online learners (click model, user groups) cost the event loop.
+            figures["learner_us_per_event"] = round(
+                sum(v for k, v in stages_s.items() if k.startswith("learn_")) * 1e6 / n_events, 1
+            )
             say(f"freshness at a steady {rate:.0f} events/s for {freshness_s:.0f}s ...")
             worker.post_json("/stats/reset")
             sent = _steady_stream(stack.bootstrap, world, rate, freshness_s)

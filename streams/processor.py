@@ -55,7 +55,8 @@ class Stats:
     """Counters and freshness samples exposed on ``/stats`` and used by the benchmark."""
 
     counters: Counter[str] = field(default_factory=Counter)
-    #: Wall seconds per stage (apply, changelog, rank, publish): where a worker's time goes.
+    #: Wall seconds per stage (apply, changelog, rank, publish, and the learners' share:
+    #: learn_click within apply, learn_groups): where a worker's time goes.
     seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     freshness_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     positions: dict[int, int] = field(default_factory=dict)  # events partition -> last offset
@@ -306,10 +307,13 @@ class EventProcessor:
         for message in await self._without_gaps([event.message for event in batch]):
             await self._apply_one(message, users, popular)
         self.stats.seconds["apply"] += time.perf_counter() - started
+        self.stats.seconds["learn_click"] = self.engine.learn_seconds  # part of "apply"
         if not users:
             return None
         if self.groups is not None:
+            started = time.perf_counter()
             _assign_groups(self.groups.local, [p.state for p in users.values()])
+            self.stats.seconds["learn_groups"] += time.perf_counter() - started
         requests = [self.engine.request(u, p.state) for u, p in users.items()]
         writes = [_user_write(u, p.state) for u, p in users.items()]
         produced_ms = [t for p in users.values() for t in p.produced_ms]
