@@ -52,6 +52,10 @@ def worker(loglevel: str) -> None:
 
     settings = _settings()
     logging.basicConfig(level=getattr(logging, loglevel.upper()))
+    if settings.blas_threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(settings.blas_threads, user_api="blas")
     try:
         runtime = Runtime.build(settings)
     except (RedisUnavailable, ModelNotFoundError, ValueError) as exc:
