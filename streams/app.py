@@ -16,12 +16,13 @@ from typing import Any, cast
 
 import faust
 import orjson
+from faust.types import TP, Message
 from faust.web import Request, Response, View
 
 from state.groups import GroupConfig
 from streams.catalogue_sync import CatalogueSync
 from streams.click_sync import ClickSync, restore
-from streams.gap_repair import GapRepair
+from streams.gap_repair import GapRepair, Record
 from streams.groups_sync import GroupsSync
 from streams.processor import EventProcessor, ItemProcessor, Stats
 from streams.records import DEAD_LETTERS, EVENTS, ITEM_VECTORS, ITEMS, MODEL_DRIFT, Limits
@@ -199,6 +200,29 @@ class StreamrecApp:
         cast(Any, app.on_partitions_revoked).connect(forget_states)
         cast(Any, app.on_before_shutdown).connect(close_runtime)
 
+    def _refetched_done(self, record: Record) -> None:
+        """Ack a refetched record to faust's consumer, as if its stream had delivered it.
+
+        faust-streaming commits the highest offset below which everything is acked; the records
+        it dropped (and gap repair applied) would otherwise hold its commits back for good
+        (measured: lag never reached 0 after a rebalance in the three-worker test).
+        """
+        topic = self.events_topic.get_topic_name()
+        self.app.consumer.ack(
+            Message(
+                topic,
+                record.partition,
+                record.offset,
+                record.timestamp,
+                0,
+                None,
+                record.key,
+                record.value,
+                None,
+                tp=TP(topic, record.partition),
+            )
+        )
+
     def _assigned_events(self) -> set[int]:
         topic = self.events_topic.get_topic_name()
         return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
@@ -261,6 +285,7 @@ class StreamrecApp:
             self.settings.bootstrap_servers,
             self.settings.app_id,
             self.events_topic.get_topic_name(),
+            self._refetched_done,
         )
         self.event_processor = EventProcessor(
             runtime,

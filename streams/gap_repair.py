@@ -8,6 +8,7 @@ group-less fetch and hands it back, so the batch is applied without holes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -35,16 +36,28 @@ class Refetched:
     """A refetched record in the shape of a Faust event (``.message``, ``.ack()``)."""
 
     message: Record
+    #: Called once the record is applied and in Redis (the stream engine's commit hook).
+    done: Callable[[Record], None] | None = None
 
     def ack(self) -> None:
-        """Nothing to release (see :meth:`Record.incref`)."""
+        if self.done is not None:
+            self.done(self.message)
 
 
 class GapRepair:
     """Reads offset ranges of one topic, and the group's committed offsets, on demand."""
 
-    def __init__(self, bootstrap: list[str], group_id: str, topic: str) -> None:
+    def __init__(
+        self,
+        bootstrap: list[str],
+        group_id: str,
+        topic: str,
+        done: Callable[[Record], None] | None = None,
+    ) -> None:
+        """``done`` hears of each refetched record once it is applied: the stream engine never
+        delivered it, so never acks it, and would commit no offset past it otherwise."""
         self.topic = topic
+        self.done = done
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group_id,
@@ -76,13 +89,13 @@ class GapRepair:
         ends = await consumer.end_offsets(tps) if tps else {}
         return {tp.partition: int(offset) for tp, offset in ends.items()}
 
-    async def fetch(self, partition: int, start: int, stop: int) -> list[Record]:
+    async def fetch(self, partition: int, start: int, stop: int) -> list[Refetched]:
         """Records with ``start <= offset < stop`` (fewer if the log no longer has them)."""
         consumer = await self._ready()
         tp = TopicPartition(self.topic, partition)
         consumer.assign([tp])
         consumer.seek(tp, start)
-        out: list[Record] = []
+        out: list[Refetched] = []
         while True:
             batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS)
             records = batch.get(tp, [])
@@ -91,7 +104,8 @@ class GapRepair:
             for r in records:
                 if r.offset >= stop:
                     return out
-                out.append(Record(r.key, r.value, r.partition, r.offset, r.timestamp / 1000))
+                record = Record(r.key, r.value, r.partition, r.offset, r.timestamp / 1000)
+                out.append(Refetched(record, self.done))
 
     async def close(self) -> None:
         if self._started:

@@ -31,7 +31,7 @@ from state.popularity import log_add, log_increment
 from state.ranking import RankRequest, Signals
 from state.redis_store import UserWrite
 from streams.deadletters import dead_letter_headers
-from streams.gap_repair import GapRepair, Refetched
+from streams.gap_repair import GapRepair
 from streams.groups_sync import GroupsSync
 from streams.records import InvalidRecord, Item, Limits, parse_event, parse_item
 from streams.records_vectors import ItemVector, encode_item_vector
@@ -211,10 +211,13 @@ class EventProcessor:
         self.cache.clear()
         self.next_offset.clear()
 
-    async def _without_gaps(self, messages: list[Any]) -> list[Any]:
-        """``messages`` per partition in offset order, with any skipped range refetched."""
+    async def _without_gaps(self, batch: list[Any]) -> list[Any]:
+        """The batch's messages per partition in offset order, any skipped range refetched.
+
+        Refetched records join ``batch`` (to be acked with it once published).
+        """
         by_partition: dict[int, list[Any]] = {}
-        for message in messages:
+        for message in [event.message for event in batch]:
             by_partition.setdefault(message.partition, []).append(message)
         out: list[Any] = []
         for partition, items in by_partition.items():
@@ -233,7 +236,8 @@ class EventProcessor:
                         message.offset - 1,
                         len(missing),
                     )
-                    out.extend(missing)
+                    out.extend(r.message for r in missing)
+                    batch.extend(missing)
                 out.append(message)
                 expected = max(expected or 0, message.offset + 1)
             self.next_offset[partition] = expected or 0
@@ -277,12 +281,14 @@ class EventProcessor:
             end = min(stop, start + self.settings.batch_max_events)
             records = await self.gaps.fetch(partition, start, end)
             if records:
-                await self._process([Refetched(r) for r in records])
+                await self._process(records)
             return len(records)
 
-    async def _process(self, batch: Sequence[Any]) -> None:
+    async def _process(self, delivered: Sequence[Any]) -> None:
         while len(self.in_flight) >= self.max_in_flight:
             await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+        # Gap repair appends the records it refetched: acked with the batch, like the others.
+        batch = list(delivered)
         try:
             job = await self._apply_and_submit(batch)
         except Exception as exc:
@@ -300,11 +306,11 @@ class EventProcessor:
         while self.in_flight or self.finishing:
             await asyncio.gather(*self.in_flight, *self.finishing, return_exceptions=True)
 
-    async def _apply_and_submit(self, batch: Sequence[Any]) -> asyncio.Future[_Published] | None:
+    async def _apply_and_submit(self, batch: list[Any]) -> asyncio.Future[_Published] | None:
         users: dict[str, _Pending] = {}
         popular: dict[str, float] = {}
         started = time.perf_counter()
-        for message in await self._without_gaps([event.message for event in batch]):
+        for message in await self._without_gaps(batch):
             await self._apply_one(message, users, popular)
         self.stats.seconds["apply"] += time.perf_counter() - started
         self.stats.seconds["learn_click"] = self.engine.learn_seconds  # part of "apply"

@@ -1,4 +1,4 @@
-"""The stall watch catches up a partition the stream engine stopped delivering, exactly once."""
+"""Gap repair and the stall watch: records the stream engine dropped are applied once, and acked."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ class Log:
     def __init__(self, records: list[Record]) -> None:
         self.records = records
         self.fetches: list[tuple[int, int, int]] = []
+        self.done: list[int] = []  # offsets acked to the stream engine once applied
 
     async def committed(self, partition: int) -> int:
         return 0
@@ -22,9 +23,13 @@ class Log:
     async def end_offsets(self, partitions: set[int]) -> dict[int, int]:
         return {p: len(self.records) for p in partitions}
 
-    async def fetch(self, partition: int, start: int, stop: int) -> list[Record]:
+    async def fetch(self, partition: int, start: int, stop: int) -> list[Refetched]:
         self.fetches.append((partition, start, stop))
-        return [r for r in self.records if start <= r.offset < stop]
+        return [
+            Refetched(r, lambda r: self.done.append(r.offset))
+            for r in self.records
+            if start <= r.offset < stop
+        ]
 
     async def close(self) -> None:
         return None
@@ -50,6 +55,7 @@ async def test_a_partition_without_deliveries_is_caught_up_and_redelivery_is_a_n
     assert log.fetches == [(0, 0, 3)]
     await _until(lambda: store.users.get("u1", {}).get("events") == b"3")
     assert sapp.stats.counters["stall_repairs"] == 1
+    await _until(lambda: log.done == [0, 1, 2])  # so the stream engine commits past them
     await watch.tick()  # caught up: nothing to do
     assert len(log.fetches) == 1
     # The stream engine wakes up and delivers the same records: the watermark skips them.
@@ -71,3 +77,20 @@ async def test_a_partition_that_progresses_is_left_alone(tmp_path: Path) -> None
         await processor.process([Refetched(log.records[n])])
         await processor.drain()
     assert not log.fetches and sapp.stats.counters["stall_repairs"] == 0
+
+
+async def test_a_skipped_range_is_refetched_applied_and_acked_with_its_batch(
+    tmp_path: Path,
+) -> None:
+    sapp, store, _ = _app(tmp_path)
+    processor = sapp.event_processor
+    assert processor is not None
+    log = Log([Record(b"u1", _click(n), 0, n, (T0 + n) / 1000) for n in range(4)])
+    processor.gaps = log  # type: ignore[assignment]
+    # The stream engine delivers offsets 0 and 3 and drops 1 and 2.
+    await processor.process([Refetched(log.records[0]), Refetched(log.records[3])])
+    await processor.drain()
+    assert log.fetches == [(0, 1, 3)]
+    assert store.users["u1"]["events"] == b"4"
+    # Without this ack the engine's commit could never pass offset 1 (lag stuck above 0).
+    assert log.done == [1, 2]
