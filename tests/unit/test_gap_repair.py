@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from streams.gap_repair import Record, Refetched
+from streams.processor import EventProcessor
 from streams.stall_watch import StallWatch
 from tests.unit.test_agents import T0, _app, _click, _until
 
@@ -35,14 +37,20 @@ class Log:
         return None
 
 
-async def test_a_partition_without_deliveries_is_caught_up_and_redelivery_is_a_no_op(
-    tmp_path: Path,
-) -> None:
+def _processor_on(tmp_path: Path, n_records: int) -> tuple[Any, EventProcessor, Log]:
+    """A worker app whose processor reads a log of ``n_records`` clicks by one user."""
     sapp, store, _ = _app(tmp_path)
     processor = sapp.event_processor
     assert processor is not None
-    log = Log([Record(b"u1", _click(n), 0, n, (T0 + n) / 1000) for n in range(3)])
+    log = Log([Record(b"u1", _click(n), 0, n, (T0 + n) / 1000) for n in range(n_records)])
     processor.gaps = log  # type: ignore[assignment]
+    return (sapp, store), processor, log
+
+
+async def test_a_partition_without_deliveries_is_caught_up_and_redelivery_is_a_no_op(
+    tmp_path: Path,
+) -> None:
+    (sapp, store), processor, log = _processor_on(tmp_path, 3)
     settled = [False]
     watch = StallWatch(lambda: processor, lambda: {0}, lambda: settled[0], sapp.stats)
     await watch.tick()
@@ -66,11 +74,7 @@ async def test_a_partition_without_deliveries_is_caught_up_and_redelivery_is_a_n
 
 
 async def test_a_partition_that_progresses_is_left_alone(tmp_path: Path) -> None:
-    sapp, _, _ = _app(tmp_path)
-    processor = sapp.event_processor
-    assert processor is not None
-    log = Log([Record(b"u1", _click(n), 0, n, (T0 + n) / 1000) for n in range(6)])
-    processor.gaps = log  # type: ignore[assignment]
+    (sapp, _), processor, log = _processor_on(tmp_path, 6)
     watch = StallWatch(lambda: processor, lambda: {0}, lambda: True, sapp.stats)
     for n in range(6):  # one record delivered between two checks: slow, not stalled
         await watch.tick()
@@ -82,11 +86,7 @@ async def test_a_partition_that_progresses_is_left_alone(tmp_path: Path) -> None
 async def test_a_skipped_range_is_refetched_applied_and_acked_with_its_batch(
     tmp_path: Path,
 ) -> None:
-    sapp, store, _ = _app(tmp_path)
-    processor = sapp.event_processor
-    assert processor is not None
-    log = Log([Record(b"u1", _click(n), 0, n, (T0 + n) / 1000) for n in range(4)])
-    processor.gaps = log  # type: ignore[assignment]
+    (_, store), processor, log = _processor_on(tmp_path, 4)
     # The stream engine delivers offsets 0 and 3 and drops 1 and 2.
     await processor.process([Refetched(log.records[0]), Refetched(log.records[3])])
     await processor.drain()
