@@ -115,14 +115,17 @@ def test_three_workers_share_partitions_and_survive_a_kill_and_a_join(
     deployment.publish_world(WORLD)
     warmup = deployment.publish_events(events(WORLD, 1200, seed=41))
     assert deployment.wait_counts(warmup) == dict(warmup)
-    # The partitions spread across the three: each member owns some, none owns one twice.
+    # The partitions spread across the members, none owned twice. (Faust's assignor fills
+    # members up to ceil(4 / 3) = 2 partitions, so one of three may rightly own none.)
     deadline = time.monotonic() + 30
     while (found := group_assignment(deployment))[0] != "Stable" or len(found[1]) != 3:
         assert time.monotonic() < deadline, found
         time.sleep(0.2)
     owned = found[1]
-    assert all(owned), owned
+    assert sum(1 for o in owned if o) >= 2, owned
     assert sum(len(o) for o in owned) == len(set().union(*owned)) == PARTITIONS, owned
+    # Kill one that owns partitions: the one that applied most of the warm-up.
+    victim = max(workers, key=lambda w: int(w.stats().get("events_applied", 0)))
 
     stream = SteadyStream(
         deployment, list(events(WORLD, 9000, seed=42, start_ms=1_767_300_000_000)), 300.0
@@ -131,7 +134,7 @@ def test_three_workers_share_partitions_and_survive_a_kill_and_a_join(
         stream.start()
         _wait_applied(deployment, warmup.total() + 1000)
         killed_at = time.monotonic()
-        workers[1].stop(signal.SIGKILL)
+        victim.stop(signal.SIGKILL)
         # The newcomer loads its model while the group notices the loss (session time-out),
         # then joins: two rebalances, both while events keep arriving.
         deployment.start_worker("w3")
