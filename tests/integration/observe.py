@@ -204,8 +204,11 @@ class LagProbe:
 
     def lag(self) -> int:
         """Log end offsets minus the group's committed offsets, summed over partitions."""
+        return sum(self.by_partition().values())
+
+    def by_partition(self) -> dict[int, int]:
         ends = self._consumer.end_offsets(self.parts)
-        return sum(ends[tp] - (self._consumer.committed(tp) or 0) for tp in self.parts)
+        return {tp.partition: ends[tp] - (self._consumer.committed(tp) or 0) for tp in self.parts}
 
     def wait_zero(self, timeout_s: float = 180.0) -> float:
         """Block until the lag is 0; return the monotonic time it was first seen so."""
@@ -216,7 +219,9 @@ class LagProbe:
                     return time.monotonic()
             except (KafkaError, OSError):
                 pass  # the broker may still be coming back
-            assert time.monotonic() < deadline, f"lag not 0 after {timeout_s:.0f}s"
+            assert time.monotonic() < deadline, (
+                f"lag not 0 after {timeout_s:.0f}s: {self.by_partition()} per partition"
+            )
             time.sleep(0.1)
 
     def close(self) -> None:
