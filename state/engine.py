@@ -16,6 +16,7 @@ import numpy as np
 from state.catalogue import Catalogue
 from state.click_model import ClickModel
 from state.cooccurrence import CoOccurrence, collab_at
+from state.features import FEATURES, FeatureWeights, category_affinity, feature_stack
 from state.interest import (
     POSITIVE_TYPES,
     UserState,
@@ -41,6 +42,9 @@ NEGATIVE_POOL = 16
 class EngineConfig:
     interest_half_life_s: float = 7 * 24 * 3600.0
     popularity_half_life_s: float = 24 * 3600.0
+    #: The click model's second popularity scale: it learns how much the long run matters
+    #: next to the trend (news lives for a day, a film for years).
+    popularity_long_half_life_s: float = 30 * 24 * 3600.0
     weights: BlendWeights = field(default_factory=BlendWeights)
     #: ``max_interests=1`` turns multi-interest ranking off (one blended vector per user).
     max_interests: int = 4
@@ -80,6 +84,7 @@ class Engine:
         self.catalogue = catalogue
         self.config = config or EngineConfig()
         self.popularity = Popularity(self.config.popularity_half_life_s)
+        self.popularity_long = Popularity(self.config.popularity_long_half_life_s)
         self.cooccurrence = CoOccurrence(self.config.popularity_half_life_s)
         self.ranker = Ranker(self.config.weights, index)
         self._interests = self.config.interests
@@ -87,8 +92,8 @@ class Engine:
         self._negatives = random.Random(0)  # noqa: S311 - sampling, not security
         self._frozen: tuple[float, Signals] | None = None
         self._click_seen = 0
-        #: Blend weights agreed by all replicas (``streams.click_sync``); else this click model's.
-        self.shared_weights: BlendWeights | None = None
+        #: Re-ranking weights agreed by all replicas (``streams.click_sync``); else this model's.
+        self.shared_weights: FeatureWeights | None = None
 
     def new_state(self) -> UserState:
         return UserState.empty(self.catalogue.dim, self.catalogue.version)
@@ -121,6 +126,7 @@ class Engine:
             row = self.catalogue.row(event.item_id)
             if row is not None:
                 self.popularity.add(row, entry.weight, event.ts_ms)
+                self.popularity_long.add(row, entry.weight, event.ts_ms)
                 if entry.event_type in POSITIVE_TYPES:
                     self.cooccurrence.observe(
                         [r for r in recent if r is not None], row, event.ts_ms
@@ -142,7 +148,19 @@ class Engine:
             exclude=state.consumed(),
             recent=[(h.item_id, h.weight) for h in state.positives(RECENT_POSITIVES)],
             interests=self._active(state),
+            categories=self._category_shares(state),
         )
+
+    def _category_shares(self, state: UserState) -> dict[str, float]:
+        """Share of each category among the user's remembered positives."""
+        counts: dict[str, float] = {}
+        for h in state.history:
+            if h.event_type in POSITIVE_TYPES:
+                category = self.catalogue.categories.get(h.item_id, "")
+                if category:
+                    counts[category] = counts.get(category, 0.0) + 1.0
+        total = sum(counts.values())
+        return {c: v / total for c, v in counts.items()} if total else {}
 
     def rank(self, users: Sequence[tuple[str, UserState]], k: int) -> list[Ranked]:
         """Top-``k`` for each ``(user_id, state)``."""
@@ -157,8 +175,8 @@ class Engine:
             self.popularity.normalised(n),
             self.popularity.top(n, self.ranker.extra),
             self.cooccurrence.transition(n),
-            self.shared_weights
-            or (self.click.blend(self.config.weights) if self.click is not None else None),
+            self.shared_weights or (self.click.weights() if self.click is not None else None),
+            self.popularity_long.normalised(n),
         )
 
     def _learn_click(self, state: UserState, event: Interaction) -> None:
@@ -208,7 +226,7 @@ class Engine:
     def _features(
         self, state: UserState, signals: Signals, rows: list[int]
     ) -> list[dict[str, float]]:
-        """Content, collaborative and popularity features of ``rows`` for ``state`` (as ranked)."""
+        """The ranking-time features (:mod:`state.features`) of ``rows`` for ``state``."""
         snapshot = signals.snapshot
         n = len(snapshot)
         matrix = snapshot.matrix[rows]
@@ -219,12 +237,19 @@ class Engine:
             for h in state.positives(RECENT_POSITIVES)
             if snapshot.index.get(h.item_id, n) < n
         ]
-        collab = collab_at(signals.transition, recent, rows)
-        popular = signals.popularity[rows]
-        return [
-            {"content": float(c), "collab": float(cf), "popular": float(p)}
-            for c, cf, p in zip(content, collab, popular, strict=True)
-        ]
+        at = np.asarray(rows, dtype=np.intp)
+        pop_long = signals.popularity_long
+        index = snapshot.category_index
+        shares = {index[c]: s for c, s in self._category_shares(state).items() if c in index}
+        feats = feature_stack(
+            content.astype(np.float32),
+            collab_at(signals.transition, recent, rows),
+            signals.popularity[at],
+            pop_long[at] if pop_long is not None else np.zeros(len(rows), dtype=np.float32),
+            category_affinity(snapshot.category_codes, [shares], at[None, :])[0],
+        )
+        columns = feats.T.tolist()
+        return [dict(zip(FEATURES, col, strict=True)) for col in columns]
 
     def _active(self, state: UserState) -> list[tuple[Vector, float]]:
         return active_interests(state.interests, state.ts_ms, self._interests.half_life_s)

@@ -18,6 +18,7 @@ import scipy.sparse as sp  # type: ignore[import-untyped]
 
 from state.catalogue import CatalogueSnapshot
 from state.cooccurrence import collab_scores
+from state.features import FeatureWeights, category_affinity, feature_stack
 from state.interest import Vector
 from state.multi_interest import interleave
 
@@ -86,7 +87,9 @@ class Signals:
     popularity: FloatVector  # (n,) in [0, 1]
     top_popular: npt.NDArray[np.intp]  # the most popular rows, best first
     transition: sp.csr_matrix  # (n, n) co-occurrence, row-normalised
-    weights: BlendWeights | None = None  # learned by the click model; None: the configured
+    #: The click model's re-ranking weights (:mod:`state.features`); None: the blend's order.
+    weights: FeatureWeights | None = None
+    popularity_long: FloatVector | None = None  # (n,) in [0, 1], a longer half-life
 
 
 @dataclass(slots=True)
@@ -99,6 +102,8 @@ class RankRequest:
     recent: list[tuple[str, float]] = field(default_factory=list)  # newest positives, weight
     #: Two or more ``(unit centroid, share)``: the list is filled from each in proportion.
     interests: list[tuple[Vector, float]] = field(default_factory=list)
+    #: Category -> share of the user's recent positives (the click model's category affinity).
+    categories: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -229,19 +234,10 @@ class Ranker:
         if signals.weights is not None:
             # The click model re-ranks the blend's top-k: the configured blend picks which k
             # (a linear click model alone would push popular off-interest items in), the
-            # learned weights order them.
-            learned = signals.weights
-            at = np.broadcast_to(best, parts.shape[:1] + best.shape)
-            raw = np.take_along_axis(parts, at, axis=2)
-            configured = np.array([self.weights.content, self.weights.collab, self.weights.popular])
-            scale = np.divide(
-                np.array([learned.content, learned.collab, learned.popular]),
-                configured,
-                out=np.zeros(3),
-                where=configured != 0,
+            # learned weights over the ranking-time features order them.
+            top_score = self._rerank(
+                signals, signals.weights, requests, rows, best, sims, cf, top_score
             )
-            rescored = np.einsum("p,pbk->bk", scale.astype(np.float32), raw)
-            top_score = np.where(np.isfinite(top_score), rescored, -np.inf).astype(np.float32)
         order = np.argsort(-top_score, axis=1, kind="stable")
         best = np.take_along_axis(best, order, axis=1)
         top_score = np.take_along_axis(top_score, order, axis=1)
@@ -254,6 +250,35 @@ class Ranker:
         return self._assemble(
             snapshot, requests, recent_rows, chosen, top_score, strongest, anchors, titles or {}
         )
+
+    @staticmethod
+    def _rerank(
+        signals: Signals,
+        weights: FeatureWeights,
+        requests: Sequence[RankRequest],
+        rows: IndexMatrix,
+        best: IndexMatrix,
+        sims: FloatMatrix,
+        cf: FloatMatrix,
+        top_score: FloatMatrix,
+    ) -> FloatMatrix:
+        """Click-model scores of the chosen candidates (``-inf`` stays ``-inf``)."""
+        snapshot = signals.snapshot
+        chosen = np.maximum(np.take_along_axis(rows, best, axis=1), 0)
+        pop_long = signals.popularity_long
+        if pop_long is None:
+            pop_long = np.zeros(len(snapshot), dtype=np.float32)
+        index = snapshot.category_index
+        shares = [{index[c]: s for c, s in r.categories.items() if c in index} for r in requests]
+        feats = feature_stack(
+            np.take_along_axis(sims, best, axis=1),
+            np.take_along_axis(cf, best, axis=1),
+            signals.popularity[chosen],
+            pop_long[chosen],
+            category_affinity(snapshot.category_codes, shares, chosen),
+        )
+        rescored = np.einsum("f,fbk->bk", weights.array(), feats)
+        return np.where(np.isfinite(top_score), rescored, -np.inf).astype(np.float32)
 
     @staticmethod
     def _assemble(
