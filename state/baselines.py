@@ -124,8 +124,8 @@ class SharedEngine:
 
     def __init__(self, catalogue: Catalogue, config: EngineConfig) -> None:
         self.engine = Engine(catalogue, config)
-        cooc = ReplayCoOccurrence(config.popularity_half_life_s)
-        self.engine.cooccurrence = cooc
+        self.engine.cooccurrence = ReplayCoOccurrence(config.popularity_half_life_s)
+        self.engine.cooccurrence_long = ReplayCoOccurrence(config.popularity_long_half_life_s)
         self.states: dict[str, UserState] = {}
 
     def apply(self, event: ReplayEvent, offset: int) -> None:
@@ -246,8 +246,14 @@ class PopularityRecommender:
 class DecayedPopularityRecommender:
     """The worker's decayed popularity (``sr:popular``, the cold-start fallback) alone."""
 
-    def __init__(self, catalogue: Catalogue, half_life_s: float, seed: int = 0) -> None:
-        self.name = "decayed-popularity"
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        half_life_s: float,
+        seed: int = 0,
+        name: str = "decayed-popularity",
+    ) -> None:
+        self.name = name
         self.catalogue = catalogue
         self.popularity = Popularity(half_life_s)
         self.order = tie_order(len(catalogue.snapshot()), seed)
@@ -265,8 +271,10 @@ class DecayedPopularityRecommender:
 class CoOccurrenceRecommender:
     """Online item-to-item co-occurrence from each user's recent positives (ties: popularity)."""
 
-    def __init__(self, catalogue: Catalogue, half_life_s: float, seed: int = 0) -> None:
-        self.name = "cooccurrence"
+    def __init__(
+        self, catalogue: Catalogue, half_life_s: float, seed: int = 0, name: str = "cooccurrence"
+    ) -> None:
+        self.name = name
         self.catalogue = catalogue
         self.cooc = ReplayCoOccurrence(half_life_s)
         self.counts = np.zeros(len(catalogue.snapshot()), dtype=np.float64)
@@ -379,6 +387,10 @@ BASELINES: Final = (
     "cooccurrence",
     "biased-mf",
     "content",
+    # The same two at the engine's long half-life, which streamrec's click model also reads:
+    # a baseline is compared at every time scale the full method uses.
+    "decayed-popularity-long",
+    "cooccurrence-long",
 )
 #: The default ``--methods``: every baseline and the full system.
 DEFAULT_METHODS: Final = (*BASELINES, "streamrec")
@@ -433,8 +445,18 @@ def make_methods(
             out.append(PopularityRecommender(catalogue, seed))
         elif name == "decayed-popularity":
             out.append(DecayedPopularityRecommender(catalogue, config.popularity_half_life_s, seed))
+        elif name == "decayed-popularity-long":
+            out.append(
+                DecayedPopularityRecommender(
+                    catalogue, config.popularity_long_half_life_s, seed, name
+                )
+            )
         elif name == "cooccurrence":
             out.append(CoOccurrenceRecommender(catalogue, config.popularity_half_life_s, seed))
+        elif name == "cooccurrence-long":
+            out.append(
+                CoOccurrenceRecommender(catalogue, config.popularity_long_half_life_s, seed, name)
+            )
         else:
             out.append(BiasedMFRecommender(catalogue, seed=seed + 42))
     return out

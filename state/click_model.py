@@ -61,6 +61,27 @@ class ClickModel:
             return True
         return False
 
+    def learn_pair(self, clicked: dict[str, float], skipped: dict[str, float]) -> bool:
+        """Score, then learn that ``clicked`` ranks above ``skipped``; return drift as above.
+
+        Pairwise (RankNet-style) logistic regression on the feature difference, shown both
+        ways round so the model stays symmetric: a linear score, as :meth:`learn_one` gives,
+        but fitted to the order within a user's candidates rather than to click rates.
+        """
+        diff = {k: v - skipped.get(k, 0.0) for k, v in clicked.items()}
+        p = float(self.model.predict_proba_one(diff).get(True, 0.5))
+        self.auc.update(True, p)  # type: ignore[no-untyped-call]
+        self.auc.update(False, 1.0 - p)  # type: ignore[no-untyped-call]
+        self.model.learn_one(diff, True)
+        self.model.learn_one({k: -v for k, v in diff.items()}, False)
+        self.stats.examples += 2
+        self.stats.positives += 1
+        self.detector.update(1.0 - p)  # type: ignore[no-untyped-call]
+        if self.detector.drift_detected:
+            self.stats.drifts += 1
+            return True
+        return False
+
     def weights(self) -> FeatureWeights | None:
         """Per-feature weights equivalent to ranking by click probability; None in warm-up.
 

@@ -34,6 +34,10 @@ from state.ranking import BlendWeights, CandidateIndex, Ranked, Ranker, RankRequ
 RECENT_POSITIVES = 5
 #: The click model's features are computed against signals at most this old.
 SIGNALS_REFRESH_S = 1.0
+#: An impression not engaged with within this window is a negative of the next engagement.
+CLICK_WINDOW_MS = 30 * 60 * 1000
+#: Users whose last impression is remembered for that (oldest forgotten first).
+SKIPPED_USERS = 100_000
 #: Random items drawn per engagement; the one nearest the user is the click model's negative.
 NEGATIVE_POOL = 16
 
@@ -42,8 +46,8 @@ NEGATIVE_POOL = 16
 class EngineConfig:
     interest_half_life_s: float = 7 * 24 * 3600.0
     popularity_half_life_s: float = 24 * 3600.0
-    #: The click model's second popularity scale: it learns how much the long run matters
-    #: next to the trend (news lives for a day, a film for years).
+    #: The second time scale of popularity and co-occurrence: the click model learns how much
+    #: the long run matters next to the trend (news lives for a day, a film for years).
     popularity_long_half_life_s: float = 30 * 24 * 3600.0
     weights: BlendWeights = field(default_factory=BlendWeights)
     #: ``max_interests=1`` turns multi-interest ranking off (one blended vector per user).
@@ -86,12 +90,15 @@ class Engine:
         self.popularity = Popularity(self.config.popularity_half_life_s)
         self.popularity_long = Popularity(self.config.popularity_long_half_life_s)
         self.cooccurrence = CoOccurrence(self.config.popularity_half_life_s)
+        self.cooccurrence_long = CoOccurrence(self.config.popularity_long_half_life_s)
         self.ranker = Ranker(self.config.weights, index)
         self._interests = self.config.interests
         self.click: ClickModel | None = ClickModel() if self.config.click_model else None
         self._negatives = random.Random(0)  # noqa: S311 - sampling, not security
         self._frozen: tuple[float, Signals] | None = None
         self._click_seen = 0
+        #: Per user, the newest impression (row, ts_ms) not yet followed by an engagement.
+        self._skipped: dict[str, tuple[int, int]] = {}
         #: Re-ranking weights agreed by all replicas (``streams.click_sync``); else this model's.
         self.shared_weights: FeatureWeights | None = None
 
@@ -128,9 +135,9 @@ class Engine:
                 self.popularity.add(row, entry.weight, event.ts_ms)
                 self.popularity_long.add(row, entry.weight, event.ts_ms)
                 if entry.event_type in POSITIVE_TYPES:
-                    self.cooccurrence.observe(
-                        [r for r in recent if r is not None], row, event.ts_ms
-                    )
+                    previous = [r for r in recent if r is not None]
+                    self.cooccurrence.observe(previous, row, event.ts_ms)
+                    self.cooccurrence_long.observe(previous, row, event.ts_ms)
         if state.pending:
             resolve_pending(
                 state,
@@ -177,18 +184,32 @@ class Engine:
             self.cooccurrence.transition(n),
             self.shared_weights or (self.click.weights() if self.click is not None else None),
             self.popularity_long.normalised(n),
+            self.cooccurrence_long.transition(n),
         )
 
     def _learn_click(self, state: UserState, event: Interaction) -> None:
-        """Show the click model this event's item as ranking saw it, plus a random negative."""
-        clicked = event.event_type in POSITIVE_TYPES
-        if not clicked and event.event_type != "impression":
-            return
+        """Show the click model this engagement's item as ranking saw it, against negatives.
+
+        An impression is remembered as the negative of the user's next engagement within
+        :data:`CLICK_WINDOW_MS`; each engagement (one in ``click_every``) is paired with it, a
+        random item and a hard negative.
+        """
         if self.click is None or event.item_id is None:
             return
+        if event.event_type == "impression":
+            row = self.catalogue.row(event.item_id)
+            if row is not None:
+                self._skipped.pop(event.user_id, None)  # re-inserted last: oldest go first
+                self._skipped[event.user_id] = (row, event.ts_ms)
+                while len(self._skipped) > SKIPPED_USERS:
+                    del self._skipped[next(iter(self._skipped))]
+            return
+        if event.event_type not in POSITIVE_TYPES:
+            return
+        skipped = self._skipped.pop(event.user_id, None)
         self._click_seen += 1
         if self._click_seen % self.config.click_every:
-            return  # a sample is plenty for three weights, and learning costs ~0.3 ms
+            return  # a sample is plenty for a dozen weights, and learning costs ~0.3 ms
         now = time.monotonic()
         if self._frozen is None or now - self._frozen[0] > SIGNALS_REFRESH_S:
             self._frozen = (now, self.signals())
@@ -197,16 +218,16 @@ class Engine:
         row = signals.snapshot.index.get(event.item_id, n)
         if row >= n:
             return
-        rows = [row]
-        if clicked:
-            # Two negatives: a random item (what content must rule out) and the nearest of a
-            # few (what co-occurrence and popularity must decide between). Hard negatives
-            # alone taught the model to rank by popularity: planted share of top-10 9.8%.
-            rows += [self._negatives.randrange(n), self._hard_negative(state, signals, row)]
+        # Negatives: a random item (what content must rule out), the nearest of a few (what
+        # co-occurrence and popularity must decide between) and the impression the user just
+        # skipped. Hard negatives alone taught the model to rank by popularity.
+        rows = [row, self._negatives.randrange(n), self._hard_negative(state, signals, row)]
+        if skipped is not None and event.ts_ms - skipped[1] <= CLICK_WINDOW_MS:
+            if skipped[0] != row and skipped[0] < n:
+                rows.append(skipped[0])
         feats = self._features(state, signals, rows)
-        self.click.learn_one(feats[0], clicked)
         for negative in feats[1:]:
-            self.click.learn_one(negative, False)
+            self.click.learn_pair(feats[0], negative)
 
     def _hard_negative(self, state: UserState, signals: Signals, positive: int) -> int:
         """Of a few random items, the one nearest the user: what ranking had to beat.
@@ -241,9 +262,11 @@ class Engine:
         pop_long = signals.popularity_long
         index = snapshot.category_index
         shares = {index[c]: s for c, s in self._category_shares(state).items() if c in index}
+        long = signals.transition_long
         feats = feature_stack(
             content.astype(np.float32),
             collab_at(signals.transition, recent, rows),
+            collab_at(long, recent, rows) if long is not None else np.zeros(len(rows), np.float32),
             signals.popularity[at],
             pop_long[at] if pop_long is not None else np.zeros(len(rows), dtype=np.float32),
             category_affinity(snapshot.category_codes, [shares], at[None, :])[0],

@@ -1,9 +1,9 @@
 """Ranking-time features of (user, item) pairs: what the click model learns from and re-ranks by.
 
 One pure function builds them from the signals ranking already holds (content similarity,
-co-occurrence, popularity at two time scales, the user's affinity for the item's category) plus
-their pairwise products, so the click model's training rows (:mod:`state.engine`) and the
-ranker's re-ranking (:mod:`state.ranking`) can never disagree on what a feature means. The
+co-occurrence and popularity at two time scales each, the user's affinity for the item's
+category) plus pairwise products, so the click model's training rows (:mod:`state.engine`) and
+the ranker's re-ranking (:mod:`state.ranking`) can never disagree on what a feature means. The
 products let a linear model learn "popular *within* what this user reads" rather than
 "popular", which a blend of the raw signals cannot express.
 """
@@ -19,13 +19,15 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float32]
 
 #: Base signals, each in [-1, 1] (content) or [0, 1] (the rest).
-BASE: Final = ("content", "collab", "popular", "popular_long", "category")
+BASE: Final = ("content", "collab", "collab_long", "popular", "popular_long", "category")
 #: Pairwise products of base signals, as ``(name, left, right)``.
 PRODUCTS: Final = (
     ("content_x_popular", "content", "popular"),
     ("content_x_popular_long", "content", "popular_long"),
     ("collab_x_popular_long", "collab", "popular_long"),
+    ("collab_long_x_popular_long", "collab_long", "popular_long"),
     ("content_x_collab", "content", "collab"),
+    ("content_x_collab_long", "content", "collab_long"),
     ("category_x_popular_long", "category", "popular_long"),
 )
 FEATURES: Final = (*BASE, *(name for name, _, _ in PRODUCTS))
@@ -56,6 +58,7 @@ class FeatureWeights:
 def feature_stack(
     content: FloatArray,
     collab: FloatArray,
+    collab_long: FloatArray,
     popular: FloatArray,
     popular_long: FloatArray,
     category: FloatArray,
@@ -66,12 +69,13 @@ def feature_stack(
     rows themselves.
 
     >>> one = np.ones(2, dtype=np.float32)
-    >>> feature_stack(one * 0.5, one, one * 0.2, one, one * 0).shape
-    (10, 2)
+    >>> feature_stack(one * 0.5, one, one, one * 0.2, one, one * 0).shape
+    (13, 2)
     """
     base = {
         "content": content,
         "collab": collab,
+        "collab_long": collab_long,
         "popular": popular,
         "popular_long": popular_long,
         "category": category,
