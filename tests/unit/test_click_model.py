@@ -11,9 +11,11 @@ import pytest
 
 from state.catalogue import Catalogue
 from state.click_model import WARMUP_EXAMPLES, CheckpointError, ClickModel
-from state.engine import Engine
+from state.engine import CLICK_WINDOW_MS, Engine, EngineConfig, Interaction
 from state.features import FEATURES, feature_stack
 from streams.click_sync import ClickSync
+
+T0 = 1_767_225_600_000
 
 
 def _stream(n: int, seed: int = 3) -> list[tuple[dict[str, float], bool]]:
@@ -99,3 +101,33 @@ async def test_drift_goes_to_the_drift_topic_once_per_sync(tmp_path: Path) -> No
     await sync._report_drift()
     await sync._report_drift()
     assert len(sent) == 1 and sent[0]["drifts"] == 2 and sent[0]["model_version"] == "v1"
+
+
+def test_pairwise_learning_orders_the_clicked_item_above_the_skipped_one() -> None:
+    rng = random.Random(11)
+    model = ClickModel()
+    for _ in range(WARMUP_EXAMPLES):
+        hi, lo = sorted((rng.random(), rng.random()), reverse=True)
+        noise = {"content": rng.random(), "popular": rng.random()}
+        model.learn_pair({"collab": hi, **noise}, {"collab": lo, **noise})
+    learned = model.weights()
+    assert learned is not None and learned.as_dict()["collab"] > 0
+    assert model.metrics()["click_auc"] > 0.9
+
+
+def test_an_impression_not_clicked_becomes_the_next_clicks_negative() -> None:
+    catalogue = Catalogue(2, "v1")
+    for j in range(4):
+        catalogue.upsert(f"i{j}", np.float32([1.0, j / 4]) / np.hypot(1.0, j / 4), version="v1")
+    engine = Engine(catalogue, EngineConfig(click_every=1))
+    state = engine.new_state()
+    assert engine.click is not None
+    engine.apply(state, Interaction("u", "click", "i0", T0, offset=0))
+    alone = engine.click.stats.examples
+    engine.apply(state, Interaction("u", "impression", "i1", T0 + 1000, offset=1))
+    engine.apply(state, Interaction("u", "click", "i2", T0 + 2000, offset=2))
+    assert engine.click.stats.examples == 2 * alone + 2  # one more pair: (i2 over i1)
+    late = T0 + 2000 + CLICK_WINDOW_MS + 1
+    engine.apply(state, Interaction("u", "impression", "i1", late, offset=3))
+    engine.apply(state, Interaction("u", "click", "i3", late + CLICK_WINDOW_MS + 1, offset=4))
+    assert engine.click.stats.examples == 3 * alone + 2  # outside the window: no pair
