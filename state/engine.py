@@ -53,7 +53,7 @@ class EngineConfig:
     #: ``max_interests=1`` turns multi-interest ranking off (one blended vector per user).
     max_interests: int = 4
     join_similarity: float = 0.4
-    #: Learn the blend weights online from engagements (see :mod:`state.click_model`).
+    #: Learn re-ranking weights online from engagements (see :mod:`state.click_model`).
     click_model: bool = True
     #: Learn from one in this many labelled events.
     click_every: int = 8

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     max_interests: int = Field(4, ge=1, le=16)  # interest centroids per user; 1 turns it off
     groups: int = Field(16, ge=0, le=1024)  # user groups (online k-means); 0 turns them off
     groups_sync_s: float = Field(5.0, gt=0)
-    click_model: bool = True  # learn the blend weights online (River logistic regression)
+    click_model: bool = True  # learn re-ranking weights online (River logistic regression)
     click_sync_s: float = Field(5.0, gt=0)
     weight_content: float = 1.0
     weight_collab: float = 0.35
