@@ -124,8 +124,8 @@ class SharedEngine:
 
     def __init__(self, catalogue: Catalogue, config: EngineConfig) -> None:
         self.engine = Engine(catalogue, config)
-        cooc = ReplayCoOccurrence(config.popularity_half_life_s)
-        self.engine.cooccurrence = cooc
+        self.engine.cooccurrence = ReplayCoOccurrence(config.popularity_half_life_s)
+        self.engine.cooccurrence_long = ReplayCoOccurrence(config.popularity_long_half_life_s)
         self.states: dict[str, UserState] = {}
 
     def apply(self, event: ReplayEvent, offset: int) -> None:
@@ -164,7 +164,7 @@ class EngineRecommender:
             request.exclude = q.exclude
             requests.append(request)
         signals = engine.signals()  # streamrec itself: the click model's learned weights
-        if self.name != "streamrec":
+        if self.name not in CLICK_MODEL_VARIANTS:
             signals = replace(signals, weights=None)  # an ablation's own fixed weights
         ranked = self.ranker.rank(signals, requests, k, catalogue.titles)
         out: list[list[int]] = []
@@ -246,8 +246,14 @@ class PopularityRecommender:
 class DecayedPopularityRecommender:
     """The worker's decayed popularity (``sr:popular``, the cold-start fallback) alone."""
 
-    def __init__(self, catalogue: Catalogue, half_life_s: float, seed: int = 0) -> None:
-        self.name = "decayed-popularity"
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        half_life_s: float,
+        seed: int = 0,
+        name: str = "decayed-popularity",
+    ) -> None:
+        self.name = name
         self.catalogue = catalogue
         self.popularity = Popularity(half_life_s)
         self.order = tie_order(len(catalogue.snapshot()), seed)
@@ -265,8 +271,10 @@ class DecayedPopularityRecommender:
 class CoOccurrenceRecommender:
     """Online item-to-item co-occurrence from each user's recent positives (ties: popularity)."""
 
-    def __init__(self, catalogue: Catalogue, half_life_s: float, seed: int = 0) -> None:
-        self.name = "cooccurrence"
+    def __init__(
+        self, catalogue: Catalogue, half_life_s: float, seed: int = 0, name: str = "cooccurrence"
+    ) -> None:
+        self.name = name
         self.catalogue = catalogue
         self.cooc = ReplayCoOccurrence(half_life_s)
         self.counts = np.zeros(len(catalogue.snapshot()), dtype=np.float64)
@@ -353,9 +361,24 @@ class BiasedMFRecommender:
         return out
 
 
-#: The methods that run the worker's Ranker (they differ only in blend weights).
+#: The methods that run the worker's Ranker (they differ in blend weights, whether the click
+#: model re-ranks, and whether users keep several interest centroids).
 ENGINE_VARIANTS: Final = frozenset(
-    {"content+collab", "collab+popular", "streamrec", "streamrec-ranker-content"}
+    {
+        "content+collab",
+        "collab+popular",
+        "streamrec",
+        "streamrec-ranker-content",
+        "streamrec-no-click",
+        "streamrec-single-interest",
+        "streamrec-single-interest-no-click",
+    }
+)
+#: Variants ranked with the click model's re-ranking (the others keep the blend's order).
+CLICK_MODEL_VARIANTS: Final = frozenset({"streamrec", "streamrec-single-interest"})
+#: Variants whose engine keeps one interest vector per user (``max_interests=1``).
+SINGLE_INTEREST_VARIANTS: Final = frozenset(
+    {"streamrec-single-interest", "streamrec-single-interest-no-click"}
 )
 BASELINES: Final = (
     "random",
@@ -364,13 +387,25 @@ BASELINES: Final = (
     "cooccurrence",
     "biased-mf",
     "content",
+    # The same two at the engine's long half-life, which streamrec's click model also reads:
+    # a baseline is compared at every time scale the full method uses.
+    "decayed-popularity-long",
+    "cooccurrence-long",
 )
 #: The default ``--methods``: every baseline and the full system.
 DEFAULT_METHODS: Final = (*BASELINES, "streamrec")
 #: Ablation steps, on request: the blend without popularity, the blend without the interest
-#: vector, and the content-only blend run through the worker's Ranker (it should match
-#: ``content``).
-ABLATIONS: Final = ("content+collab", "collab+popular", "streamrec-ranker-content")
+#: vector, the content-only blend run through the worker's Ranker (it should match
+#: ``content``), the full blend without the click model (the AUC side-by-side), and the
+#: one-interest-vector engine with and without the click model (the multi-interest step).
+ABLATIONS: Final = (
+    "content+collab",
+    "collab+popular",
+    "streamrec-ranker-content",
+    "streamrec-no-click",
+    "streamrec-single-interest",
+    "streamrec-single-interest-no-click",
+)
 METHODS: Final = (*DEFAULT_METHODS, *ABLATIONS)
 
 
@@ -394,9 +429,13 @@ def make_methods(
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     shared = SharedEngine(catalogue, config)
+    single: SharedEngine | None = None  # a second engine, only when a variant asks for it
     out: list[Recommender] = []
     for name in names:
-        if name in ENGINE_VARIANTS:
+        if name in SINGLE_INTEREST_VARIANTS:
+            single = single or SharedEngine(catalogue, replace(config, max_interests=1))
+            out.append(EngineRecommender(name, single, config.weights))
+        elif name in ENGINE_VARIANTS:
             out.append(EngineRecommender(name, shared, variant_weights(name, config.weights)))
         elif name == "content":
             out.append(ContentRecommender(shared, seed))
@@ -406,8 +445,18 @@ def make_methods(
             out.append(PopularityRecommender(catalogue, seed))
         elif name == "decayed-popularity":
             out.append(DecayedPopularityRecommender(catalogue, config.popularity_half_life_s, seed))
+        elif name == "decayed-popularity-long":
+            out.append(
+                DecayedPopularityRecommender(
+                    catalogue, config.popularity_long_half_life_s, seed, name
+                )
+            )
         elif name == "cooccurrence":
             out.append(CoOccurrenceRecommender(catalogue, config.popularity_half_life_s, seed))
+        elif name == "cooccurrence-long":
+            out.append(
+                CoOccurrenceRecommender(catalogue, config.popularity_long_half_life_s, seed, name)
+            )
         else:
             out.append(BiasedMFRecommender(catalogue, seed=seed + 42))
     return out

@@ -8,7 +8,7 @@ appended or overwritten in place as items arrive; growth reallocates, so a ranki
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,9 @@ class CatalogueSnapshot:
     version: str
     index: Mapping[str, int]  # item id -> row; rows >= len(ids) belong to later snapshots
     removed: int  # how many rows are inactive (0 lets ranking skip the mask)
+    #: ``(n,)`` category code per row (``-1``: none); codes are stable for the catalogue's life.
+    category_codes: npt.NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    category_index: Mapping[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -48,6 +51,7 @@ class Catalogue:
         self._index: dict[str, int] = {}
         self.titles: dict[str, str] = {}
         self.categories: dict[str, str] = {}
+        self._category_index: dict[str, int] = {}
         self._snapshot: CatalogueSnapshot | None = None
 
     def __len__(self) -> int:
@@ -81,6 +85,8 @@ class Catalogue:
         self._active[idx] = True
         self.titles[item_id] = title
         self.categories[item_id] = category
+        if category and category not in self._category_index:
+            self._category_index[category] = len(self._category_index)
         self._snapshot = None
         return idx
 
@@ -125,6 +131,11 @@ class Catalogue:
                 version=self.version,
                 index=self._index,
                 removed=n - int(self._active[:n].sum()),
+                category_codes=np.array(
+                    [self._category_index.get(self.categories.get(i, ""), -1) for i in self._ids],
+                    dtype=np.intp,
+                ),
+                category_index=self._category_index,
             )
         return self._snapshot
 

@@ -1,12 +1,13 @@
-"""The click model: a River logistic regression that learns the blend weights from the stream.
+"""The click model: a River logistic regression over ranking-time features, re-ranking the blend.
 
-For every engagement the engine shows the model the features the ranking saw for that item
-(content similarity, collaborative score, popularity) as a positive, and, as negatives, the
-impression events and one random catalogue item per engagement (what ranking must beat).
-Because the model is linear in standardised features, ranking by its click probability is
-ranking by ``sum(w_i / sd_i * x_i)``: its coefficients *are* blend weights, applied in the
-ranker's vectorised blend at no extra cost per user. Prequential (test-then-train) AUC and an
-ADWIN drift detector on its error are kept as metrics. Pure: no I/O.
+For every engagement the engine shows the model the features ranking would compute for that
+item (:mod:`state.features`: content similarity, collaborative score, popularity at two time
+scales, category affinity and their products) as a positive, and, as negatives, the impression
+events and two catalogue items per engagement (a random one and the nearest of a few). Because
+the model is linear in standardised features, ranking by its click probability is ranking by
+``sum(w_i / sd_i * x_i)``: :meth:`ClickModel.weights` turns it into one weight per feature,
+applied vectorised to the blend's top-k. Prequential (test-then-train) AUC and an ADWIN drift
+detector on its error are kept as metrics. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ from dataclasses import dataclass
 
 from river import compose, drift, linear_model, metrics, optim, preprocessing
 
-from state.ranking import BlendWeights
+from state.features import FEATURES, FeatureWeights
 
-FEATURES = ("content", "collab", "popular")
-#: Examples before the learned weights replace the configured ones.
+#: Examples before the learned weights re-rank anything.
 WARMUP_EXAMPLES = 500
-MIN_CONTENT_WEIGHT = 1e-3
 
 
 class CheckpointError(ValueError):
@@ -62,21 +61,41 @@ class ClickModel:
             return True
         return False
 
-    def blend(self, fallback: BlendWeights) -> BlendWeights:
-        """Blend weights equivalent to ranking by click probability (``fallback`` in warm-up)."""
+    def learn_pair(self, clicked: dict[str, float], skipped: dict[str, float]) -> bool:
+        """Score, then learn that ``clicked`` ranks above ``skipped``; return drift as above.
+
+        Pairwise (RankNet-style) logistic regression on the feature difference, shown both
+        ways round so the model stays symmetric: a linear score, as :meth:`learn_one` gives,
+        but fitted to the order within a user's candidates rather than to click rates.
+        """
+        diff = {k: v - skipped.get(k, 0.0) for k, v in clicked.items()}
+        p = float(self.model.predict_proba_one(diff).get(True, 0.5))
+        self.auc.update(True, p)  # type: ignore[no-untyped-call]
+        self.auc.update(False, 1.0 - p)  # type: ignore[no-untyped-call]
+        self.model.learn_one(diff, True)
+        self.model.learn_one({k: -v for k, v in diff.items()}, False)
+        self.stats.examples += 2
+        self.stats.positives += 1
+        self.detector.update(1.0 - p)  # type: ignore[no-untyped-call]
+        if self.detector.drift_detected:
+            self.stats.drifts += 1
+            return True
+        return False
+
+    def weights(self) -> FeatureWeights | None:
+        """Per-feature weights equivalent to ranking by click probability; None in warm-up.
+
+        Signs are kept: a product feature may well rank down what its factors alone rank up.
+        """
         if self.stats.examples < WARMUP_EXAMPLES:
-            return fallback
+            return None
         lr = self.model["LogisticRegression"]
         scaler = self.model["StandardScaler"]
         w = []
         for name in FEATURES:
             sd = float(scaler.vars.get(name, 0.0)) ** 0.5
             w.append(float(lr.weights.get(name, 0.0)) / sd if sd > 1e-9 else 0.0)
-        # Never negative (a signal ranks down, not up-side down) and content never 0: the
-        # ranker multiplies excluded rows' -inf by it, and 0 * -inf is NaN.
-        return BlendWeights(
-            content=max(w[0], MIN_CONTENT_WEIGHT), collab=max(w[1], 0.0), popular=max(w[2], 0.0)
-        )
+        return FeatureWeights(tuple(w))
 
     def metrics(self) -> dict[str, float]:
         return {

@@ -16,6 +16,7 @@ import numpy as np
 from state.catalogue import Catalogue
 from state.click_model import ClickModel
 from state.cooccurrence import CoOccurrence, collab_at
+from state.features import FEATURES, FeatureWeights, category_affinity, feature_stack
 from state.interest import (
     POSITIVE_TYPES,
     UserState,
@@ -27,12 +28,16 @@ from state.interest import (
 )
 from state.multi_interest import InterestConfig, active_interests, update_interests
 from state.popularity import Popularity
-from state.ranking import BlendWeights, Ranked, Ranker, RankRequest, Signals
+from state.ranking import BlendWeights, CandidateIndex, Ranked, Ranker, RankRequest, Signals
 
 #: Recent positives that feed co-occurrence, the collaborative score and explanations.
 RECENT_POSITIVES = 5
 #: The click model's features are computed against signals at most this old.
 SIGNALS_REFRESH_S = 1.0
+#: An impression not engaged with within this window is a negative of the next engagement.
+CLICK_WINDOW_MS = 30 * 60 * 1000
+#: Users whose last impression is remembered for that (oldest forgotten first).
+SKIPPED_USERS = 100_000
 #: Random items drawn per engagement; the one nearest the user is the click model's negative.
 NEGATIVE_POOL = 16
 
@@ -41,11 +46,14 @@ NEGATIVE_POOL = 16
 class EngineConfig:
     interest_half_life_s: float = 7 * 24 * 3600.0
     popularity_half_life_s: float = 24 * 3600.0
+    #: The second time scale of popularity and co-occurrence: the click model learns how much
+    #: the long run matters next to the trend (news lives for a day, a film for years).
+    popularity_long_half_life_s: float = 30 * 24 * 3600.0
     weights: BlendWeights = field(default_factory=BlendWeights)
     #: ``max_interests=1`` turns multi-interest ranking off (one blended vector per user).
     max_interests: int = 4
     join_similarity: float = 0.4
-    #: Learn the blend weights online from engagements (see :mod:`state.click_model`).
+    #: Learn re-ranking weights online from engagements (see :mod:`state.click_model`).
     click_model: bool = True
     #: Learn from one in this many labelled events.
     click_every: int = 8
@@ -75,12 +83,15 @@ class Engine:
         self,
         catalogue: Catalogue,
         config: EngineConfig | None = None,
+        index: CandidateIndex | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.config = config or EngineConfig()
         self.popularity = Popularity(self.config.popularity_half_life_s)
+        self.popularity_long = Popularity(self.config.popularity_long_half_life_s)
         self.cooccurrence = CoOccurrence(self.config.popularity_half_life_s)
-        self.ranker = Ranker(self.config.weights)
+        self.cooccurrence_long = CoOccurrence(self.config.popularity_long_half_life_s)
+        self.ranker = Ranker(self.config.weights, index)
         self._interests = self.config.interests
         self.click: ClickModel | None = ClickModel() if self.config.click_model else None
         self._negatives = random.Random(0)  # noqa: S311 - sampling, not security
@@ -88,8 +99,10 @@ class Engine:
         self._click_seen = 0
         #: Wall seconds spent teaching the click model (the worker reports it per event).
         self.learn_seconds = 0.0
-        #: Blend weights agreed by all replicas (``streams.click_sync``); else this click model's.
-        self.shared_weights: BlendWeights | None = None
+        #: Per user, the newest impression (row, ts_ms) not yet followed by an engagement.
+        self._skipped: dict[str, tuple[int, int]] = {}
+        #: Re-ranking weights agreed by all replicas (``streams.click_sync``); else this model's.
+        self.shared_weights: FeatureWeights | None = None
 
     def new_state(self) -> UserState:
         return UserState.empty(self.catalogue.dim, self.catalogue.version)
@@ -124,10 +137,11 @@ class Engine:
             row = self.catalogue.row(event.item_id)
             if row is not None:
                 self.popularity.add(row, entry.weight, event.ts_ms)
+                self.popularity_long.add(row, entry.weight, event.ts_ms)
                 if entry.event_type in POSITIVE_TYPES:
-                    self.cooccurrence.observe(
-                        [r for r in recent if r is not None], row, event.ts_ms
-                    )
+                    previous = [r for r in recent if r is not None]
+                    self.cooccurrence.observe(previous, row, event.ts_ms)
+                    self.cooccurrence_long.observe(previous, row, event.ts_ms)
         if state.pending:
             resolve_pending(
                 state,
@@ -145,7 +159,19 @@ class Engine:
             exclude=state.consumed(),
             recent=[(h.item_id, h.weight) for h in state.positives(RECENT_POSITIVES)],
             interests=self._active(state),
+            categories=self._category_shares(state),
         )
+
+    def _category_shares(self, state: UserState) -> dict[str, float]:
+        """Share of each category among the user's remembered positives."""
+        counts: dict[str, float] = {}
+        for h in state.history:
+            if h.event_type in POSITIVE_TYPES:
+                category = self.catalogue.categories.get(h.item_id, "")
+                if category:
+                    counts[category] = counts.get(category, 0.0) + 1.0
+        total = sum(counts.values())
+        return {c: v / total for c, v in counts.items()} if total else {}
 
     def rank(self, users: Sequence[tuple[str, UserState]], k: int) -> list[Ranked]:
         """Top-``k`` for each ``(user_id, state)``."""
@@ -158,21 +184,36 @@ class Engine:
         return Signals(
             snapshot,
             self.popularity.normalised(n),
+            self.popularity.top(n, self.ranker.extra),
             self.cooccurrence.transition(n),
-            self.shared_weights
-            or (self.click.blend(self.config.weights) if self.click is not None else None),
+            self.shared_weights or (self.click.weights() if self.click is not None else None),
+            self.popularity_long.normalised(n),
+            self.cooccurrence_long.transition(n),
         )
 
     def _learn_click(self, state: UserState, event: Interaction) -> None:
-        """Show the click model this event's item as ranking saw it, plus a random negative."""
-        clicked = event.event_type in POSITIVE_TYPES
-        if not clicked and event.event_type != "impression":
-            return
+        """Show the click model this engagement's item as ranking saw it, against negatives.
+
+        An impression is remembered as the negative of the user's next engagement within
+        :data:`CLICK_WINDOW_MS`; each engagement (one in ``click_every``) is paired with it, a
+        random item and a hard negative.
+        """
         if self.click is None or event.item_id is None:
             return
+        if event.event_type == "impression":
+            row = self.catalogue.row(event.item_id)
+            if row is not None:
+                self._skipped.pop(event.user_id, None)  # re-inserted last: oldest go first
+                self._skipped[event.user_id] = (row, event.ts_ms)
+                while len(self._skipped) > SKIPPED_USERS:
+                    del self._skipped[next(iter(self._skipped))]
+            return
+        if event.event_type not in POSITIVE_TYPES:
+            return
+        skipped = self._skipped.pop(event.user_id, None)
         self._click_seen += 1
         if self._click_seen % self.config.click_every:
-            return  # a sample is plenty for three weights, and learning costs ~0.3 ms
+            return  # a sample is plenty for a dozen weights, and learning costs ~0.3 ms
         now = time.monotonic()
         if self._frozen is None or now - self._frozen[0] > SIGNALS_REFRESH_S:
             self._frozen = (now, self.signals())
@@ -181,16 +222,16 @@ class Engine:
         row = signals.snapshot.index.get(event.item_id, n)
         if row >= n:
             return
-        rows = [row]
-        if clicked:
-            # Two negatives: a random item (what content must rule out) and the nearest of a
-            # few (what co-occurrence and popularity must decide between). Hard negatives
-            # alone taught the model to rank by popularity: planted share of top-10 9.8%.
-            rows += [self._negatives.randrange(n), self._hard_negative(state, signals, row)]
+        # Negatives: a random item (what content must rule out), the nearest of a few (what
+        # co-occurrence and popularity must decide between) and the impression the user just
+        # skipped. Hard negatives alone taught the model to rank by popularity.
+        rows = [row, self._negatives.randrange(n), self._hard_negative(state, signals, row)]
+        if skipped is not None and event.ts_ms - skipped[1] <= CLICK_WINDOW_MS:
+            if skipped[0] != row and skipped[0] < n:
+                rows.append(skipped[0])
         feats = self._features(state, signals, rows)
-        self.click.learn_one(feats[0], clicked)
         for negative in feats[1:]:
-            self.click.learn_one(negative, False)
+            self.click.learn_pair(feats[0], negative)
 
     def _hard_negative(self, state: UserState, signals: Signals, positive: int) -> int:
         """Of a few random items, the one nearest the user: what ranking had to beat.
@@ -210,7 +251,7 @@ class Engine:
     def _features(
         self, state: UserState, signals: Signals, rows: list[int]
     ) -> list[dict[str, float]]:
-        """Content, collaborative and popularity features of ``rows`` for ``state`` (as ranked)."""
+        """The ranking-time features (:mod:`state.features`) of ``rows`` for ``state``."""
         snapshot = signals.snapshot
         n = len(snapshot)
         matrix = snapshot.matrix[rows]
@@ -221,12 +262,21 @@ class Engine:
             for h in state.positives(RECENT_POSITIVES)
             if snapshot.index.get(h.item_id, n) < n
         ]
-        collab = collab_at(signals.transition, recent, rows)
-        popular = signals.popularity[rows]
-        return [
-            {"content": float(c), "collab": float(cf), "popular": float(p)}
-            for c, cf, p in zip(content, collab, popular, strict=True)
-        ]
+        at = np.asarray(rows, dtype=np.intp)
+        pop_long = signals.popularity_long
+        index = snapshot.category_index
+        shares = {index[c]: s for c, s in self._category_shares(state).items() if c in index}
+        long = signals.transition_long
+        feats = feature_stack(
+            content.astype(np.float32),
+            collab_at(signals.transition, recent, rows),
+            collab_at(long, recent, rows) if long is not None else np.zeros(len(rows), np.float32),
+            signals.popularity[at],
+            pop_long[at] if pop_long is not None else np.zeros(len(rows), dtype=np.float32),
+            category_affinity(snapshot.category_codes, [shares], at[None, :])[0],
+        )
+        columns = feats.T.tolist()
+        return [dict(zip(FEATURES, col, strict=True)) for col in columns]
 
     def _active(self, state: UserState) -> list[tuple[Vector, float]]:
         return active_interests(state.interests, state.ts_ms, self._interests.half_life_s)

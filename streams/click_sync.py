@@ -1,11 +1,12 @@
-"""The worker's click-model job: checkpoint it, and share its blend weights with every replica.
+"""The worker's click-model job: checkpoint it, share its re-ranking weights with every replica.
 
 Each worker's click model learns from the events of its own partitions, which are a uniform
-sample of users. What ranking takes from the model is three blend weights, so the replicas
-agree by averaging those: every ``sync_s`` a worker writes its weights and example count to its
-field of ``sr:click`` and ranks with the example-weighted mean of every fresh field — one
-global blend learned from all partitions. The model itself is checkpointed to the data dir
-(HMAC-signed with a key only this data dir holds) and resumed from there after a restart.
+sample of users. What ranking takes from the model is one weight per ranking-time feature
+(:mod:`state.features`), so the replicas agree by averaging those: every ``sync_s`` a worker
+writes its weights and example count to its field of ``sr:click`` and ranks with the
+example-weighted mean of every fresh field — one global re-ranker learned from all partitions.
+The model itself is checkpointed to the data dir (HMAC-signed with a key only this data dir
+holds) and resumed from there after a restart.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import orjson
 
 from state.click_model import CheckpointError, ClickModel
 from state.engine import Engine
-from state.ranking import BlendWeights
+from state.features import FEATURES, FeatureWeights
 from state.redis_store import RedisStore
 from streams.periodic import Periodic
 
@@ -110,17 +111,15 @@ class ClickSync(Periodic):
         tmp.write_bytes(click.to_bytes(_key(self.data_dir)))
         tmp.replace(path)  # atomic: a crash never leaves half a checkpoint
 
-    async def sync_once(self) -> BlendWeights | None:
+    async def sync_once(self) -> FeatureWeights | None:
         """Publish this worker's weights, adopt the mean over all replicas; return it."""
         click = self.engine.click
         if click is None:
             return None
-        own = click.blend(self.engine.config.weights)
-        entry = {
-            "content": own.content,
-            "collab": own.collab,
-            "popular": own.popular,
-            "examples": click.stats.examples if own is not self.engine.config.weights else 0,
+        own = click.weights()
+        entry: dict[str, float] = {
+            **(own.as_dict() if own is not None else {}),
+            "examples": click.stats.examples if own is not None else 0,
             "at": time.time(),
         }
         key = self.store.keys.click()
@@ -136,11 +135,9 @@ class ClickSync(Periodic):
         if not total:
             self.engine.shared_weights = None
             return None
-        mean = BlendWeights(
-            *(
-                sum(e[f] * e["examples"] for e in fresh) / total
-                for f in ("content", "collab", "popular")
-            )
+        # A replica still on an older feature set lacks some names: it counts 0 for them.
+        mean = FeatureWeights.of(
+            {f: sum(e.get(f, 0.0) * e["examples"] for e in fresh) / total for f in FEATURES}
         )
         self.engine.shared_weights = mean
         return mean

@@ -57,10 +57,12 @@ class Settings(BaseSettings):
 
     interest_half_life_s: float = Field(7 * 24 * 3600.0, gt=0)
     popularity_half_life_s: float = Field(24 * 3600.0, gt=0)
+    #: The click model's second time scale for popularity and co-occurrence.
+    popularity_long_half_life_s: float = Field(30 * 24 * 3600.0, gt=0)
     max_interests: int = Field(4, ge=1, le=16)  # interest centroids per user; 1 turns it off
     groups: int = Field(16, ge=0, le=1024)  # user groups (online k-means); 0 turns them off
     groups_sync_s: float = Field(5.0, gt=0)
-    click_model: bool = True  # learn the blend weights online (River logistic regression)
+    click_model: bool = True  # learn re-ranking weights online (River logistic regression)
     click_sync_s: float = Field(5.0, gt=0)
     weight_content: float = 1.0
     weight_collab: float = 0.35

@@ -6,13 +6,16 @@ import random
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import pytest
 
 from state.catalogue import Catalogue
 from state.click_model import WARMUP_EXAMPLES, CheckpointError, ClickModel
-from state.engine import Engine
-from state.ranking import BlendWeights
+from state.engine import CLICK_WINDOW_MS, Engine, EngineConfig, Interaction
+from state.features import FEATURES, feature_stack
 from streams.click_sync import ClickSync
+
+T0 = 1_767_225_600_000
 
 
 def _stream(n: int, seed: int = 3) -> list[tuple[dict[str, float], bool]]:
@@ -27,13 +30,35 @@ def _stream(n: int, seed: int = 3) -> list[tuple[dict[str, float], bool]]:
 
 def test_learned_weights_favour_the_signal_that_predicts_clicks() -> None:
     model = ClickModel()
-    fallback = BlendWeights()
-    assert model.blend(fallback) is fallback  # warm-up: the configured weights
+    assert model.weights() is None  # warm-up: the blend's own order
     for x, y in _stream(WARMUP_EXAMPLES * 4):
         model.learn_one(x, y)
-    learned = model.blend(fallback)
-    assert learned.collab > 3 * abs(learned.content) and learned.collab > 3 * abs(learned.popular)
+    learned = model.weights()
+    assert learned is not None
+    w = learned.as_dict()
+    assert w["collab"] > 3 * abs(w["content"]) and w["collab"] > 3 * abs(w["popular"])
     assert model.metrics()["click_auc"] > 0.7
+
+
+def test_an_interaction_feature_learns_popular_within_the_users_interest() -> None:
+    """Clicks go to popular items *the user likes*: neither signal alone ranks them right."""
+    rng = random.Random(5)
+    model = ClickModel()
+    for _ in range(WARMUP_EXAMPLES * 8):
+        c, p = rng.random(), rng.random()
+        f = feature_stack(*(np.float32([v]) for v in (c, 0.0, 0.0, p, p, 0.0)))[:, 0]
+        model.learn_one(dict(zip(FEATURES, f.tolist(), strict=True)), rng.random() < c * p)
+    learned = model.weights()
+    assert learned is not None
+    w = learned.as_dict()
+    assert w["content_x_popular"] > 0
+    # On-interest and popular beats on-interest and obscure, and popular off-interest items.
+    grid = [(0.9, 0.9), (0.9, 0.1), (0.1, 0.9)]
+    c, p = (np.float32([g[i] for g in grid]) for i in (0, 1))
+    zero = np.zeros(len(grid), dtype=np.float32)
+    feats = feature_stack(c, zero, zero, p, p, zero)
+    scores = learned.array() @ feats
+    assert scores[0] > scores[1] and scores[0] > scores[2]
 
 
 def test_a_sudden_change_of_what_users_click_is_detected_as_drift() -> None:
@@ -54,7 +79,7 @@ def test_checkpoints_round_trip_and_foreign_ones_are_refused() -> None:
         model.learn_one(x, y)
     raw = model.to_bytes(b"our key")
     back = ClickModel.from_bytes(raw, b"our key")
-    assert back.stats == model.stats and back.blend(BlendWeights()) == model.blend(BlendWeights())
+    assert back.stats == model.stats and back.weights() == model.weights()
     with pytest.raises(CheckpointError):
         ClickModel.from_bytes(raw, b"another deployment")
     with pytest.raises(CheckpointError):
@@ -76,3 +101,33 @@ async def test_drift_goes_to_the_drift_topic_once_per_sync(tmp_path: Path) -> No
     await sync._report_drift()
     await sync._report_drift()
     assert len(sent) == 1 and sent[0]["drifts"] == 2 and sent[0]["model_version"] == "v1"
+
+
+def test_pairwise_learning_orders_the_clicked_item_above_the_skipped_one() -> None:
+    rng = random.Random(11)
+    model = ClickModel()
+    for _ in range(WARMUP_EXAMPLES):
+        hi, lo = sorted((rng.random(), rng.random()), reverse=True)
+        noise = {"content": rng.random(), "popular": rng.random()}
+        model.learn_pair({"collab": hi, **noise}, {"collab": lo, **noise})
+    learned = model.weights()
+    assert learned is not None and learned.as_dict()["collab"] > 0
+    assert model.metrics()["click_auc"] > 0.9
+
+
+def test_an_impression_not_clicked_becomes_the_next_clicks_negative() -> None:
+    catalogue = Catalogue(2, "v1")
+    for j in range(4):
+        catalogue.upsert(f"i{j}", np.float32([1.0, j / 4]) / np.hypot(1.0, j / 4), version="v1")
+    engine = Engine(catalogue, EngineConfig(click_every=1))
+    state = engine.new_state()
+    assert engine.click is not None
+    engine.apply(state, Interaction("u", "click", "i0", T0, offset=0))
+    alone = engine.click.stats.examples
+    engine.apply(state, Interaction("u", "impression", "i1", T0 + 1000, offset=1))
+    engine.apply(state, Interaction("u", "click", "i2", T0 + 2000, offset=2))
+    assert engine.click.stats.examples == 2 * alone + 2  # one more pair: (i2 over i1)
+    late = T0 + 2000 + CLICK_WINDOW_MS + 1
+    engine.apply(state, Interaction("u", "impression", "i1", late, offset=3))
+    engine.apply(state, Interaction("u", "click", "i3", late + CLICK_WINDOW_MS + 1, offset=4))
+    assert engine.click.stats.examples == 3 * alone + 2  # outside the window: no pair

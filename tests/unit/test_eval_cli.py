@@ -35,6 +35,8 @@ def test_eval_mind_json_and_report(data_dir: Path, tmp_path: Path) -> None:
         "cooccurrence",
         "biased-mf",
         "content",
+        "decayed-popularity-long",
+        "cooccurrence-long",
         "streamrec",
     }
     for metrics in table.values():

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from state.catalogue import Catalogue
 from state.engine import Engine, Interaction
+from state.features import FeatureWeights
 from state.interest import normalised
+from state.ranking import RankRequest
 
 DIM = 16
 T0 = 1_767_225_600_000
@@ -90,3 +94,18 @@ def test_encoder_change_re_embeds_from_history() -> None:
     request = engine2.request("u", state)
     assert state.model_version == "v2"
     assert float(request.vec @ vec) > 0.99
+
+
+def test_click_model_weights_reorder_the_blends_top_k_by_category_affinity() -> None:
+    """Two categories at equal similarity: the learned category weight puts the user's first."""
+    catalogue = Catalogue(2, "v1", capacity=4)
+    for j in range(6):
+        category = "sport" if j % 2 else "food"
+        catalogue.upsert(f"i{j}", np.float32([1.0, 0.0]), version="v1", category=category)
+    engine = Engine(catalogue)
+    request = RankRequest("u", np.float32([1.0, 0.0]), categories={"sport": 1.0})
+    plain = engine.ranker.rank(engine.signals(), [request], 6)[0]
+    assert {i for i, _ in plain.items[:3]} != {"i1", "i3", "i5"}  # the blend cannot tell them
+    signals = replace(engine.signals(), weights=FeatureWeights.of({"category": 1.0}))
+    ranked = engine.ranker.rank(signals, [request], 6)[0]
+    assert {i for i, _ in ranked.items[:3]} == {"i1", "i3", "i5"}

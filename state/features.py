@@ -1,0 +1,112 @@
+"""Ranking-time features of (user, item) pairs: what the click model learns from and re-ranks by.
+
+One pure function builds them from the signals ranking already holds (content similarity,
+co-occurrence and popularity at two time scales each, the user's affinity for the item's
+category) plus pairwise products, so the click model's training rows (:mod:`state.engine`) and
+the ranker's re-ranking (:mod:`state.ranking`) can never disagree on what a feature means. The
+products let a linear model learn "popular *within* what this user reads" rather than
+"popular", which a blend of the raw signals cannot express.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+
+#: Base signals, each in [-1, 1] (content) or [0, 1] (the rest).
+BASE: Final = ("content", "collab", "collab_long", "popular", "popular_long", "category")
+#: Pairwise products of base signals, as ``(name, left, right)``.
+PRODUCTS: Final = (
+    ("content_x_popular", "content", "popular"),
+    ("content_x_popular_long", "content", "popular_long"),
+    ("collab_x_popular_long", "collab", "popular_long"),
+    ("collab_long_x_popular_long", "collab_long", "popular_long"),
+    ("content_x_collab", "content", "collab"),
+    ("content_x_collab_long", "content", "collab_long"),
+    ("category_x_popular_long", "category", "popular_long"),
+)
+FEATURES: Final = (*BASE, *(name for name, _, _ in PRODUCTS))
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureWeights:
+    """One weight per :data:`FEATURES` entry (same order): ranking score = ``weights . x``.
+
+    >>> w = FeatureWeights.of({"collab": 2.0})
+    >>> w.as_dict()["collab"], w.as_dict()["content"]
+    (2.0, 0.0)
+    """
+
+    values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, named: dict[str, float]) -> FeatureWeights:
+        return cls(tuple(float(named.get(name, 0.0)) for name in FEATURES))
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(FEATURES, self.values, strict=True))
+
+    def array(self) -> FloatArray:
+        return np.asarray(self.values, dtype=np.float32)
+
+
+def feature_stack(
+    content: FloatArray,
+    collab: FloatArray,
+    collab_long: FloatArray,
+    popular: FloatArray,
+    popular_long: FloatArray,
+    category: FloatArray,
+) -> FloatArray:
+    """``(len(FEATURES), *shape)``: the base signals (all the same shape) and their products.
+
+    Non-finite inputs (excluded rows carry ``-inf`` similarity) become 0; callers mask those
+    rows themselves.
+
+    >>> one = np.ones(2, dtype=np.float32)
+    >>> feature_stack(one * 0.5, one, one, one * 0.2, one, one * 0).shape
+    (13, 2)
+    """
+    base = {
+        "content": content,
+        "collab": collab,
+        "collab_long": collab_long,
+        "popular": popular,
+        "popular_long": popular_long,
+        "category": category,
+    }
+    clean = {
+        k: np.nan_to_num(v.astype(np.float32), neginf=0.0, posinf=0.0) for k, v in base.items()
+    }
+    out = [clean[name] for name in BASE]
+    out += [clean[left] * clean[right] for _, left, right in PRODUCTS]
+    return np.stack(out).astype(np.float32, copy=False)
+
+
+def category_affinity(
+    codes: npt.NDArray[np.intp], shares: list[dict[int, float]], rows: npt.NDArray[np.intp]
+) -> FloatArray:
+    """Per user ``b`` and candidate ``rows[b, j]``: the user's share of positives in its category.
+
+    ``codes`` maps catalogue rows to category codes (``-1``: none); ``shares[b]`` maps codes to
+    shares of user ``b``'s recent positives.
+
+    >>> category_affinity(np.array([0, 1, -1]), [{0: 0.75, 1: 0.25}], np.array([[1, 0, 2]]))
+    array([[0.25, 0.75, 0.  ]], dtype=float32)
+    """
+    if codes.size == 0:
+        return np.zeros(rows.shape, dtype=np.float32)
+    n_codes = int(codes.max()) + 1
+    table = np.zeros((len(shares), n_codes + 1), dtype=np.float32)  # last column: no category
+    for b, user in enumerate(shares):
+        for code, share in user.items():
+            if 0 <= code < n_codes:
+                table[b, code] = share
+    cat = codes[np.maximum(rows, 0)]
+    cat = np.where(cat < 0, n_codes, cat)
+    return np.take_along_axis(table, cat.reshape(rows.shape), axis=1)
