@@ -492,8 +492,23 @@ def _below(tail: FloatMatrix, head: FloatMatrix) -> FloatMatrix:
 
 
 def _gather(matrix: sp.csr_matrix, users: IndexMatrix, rows: IndexMatrix) -> FloatMatrix:
-    """``matrix[users, rows]`` as a dense array of ``rows``' shape."""
-    return np.asarray(matrix[users.ravel(), rows.ravel()], dtype=np.float32).reshape(rows.shape)
+    """``matrix[users, rows]`` as a dense array of ``rows``' shape.
+
+    One ``searchsorted`` over the entries' flat positions (user * n + column, ascending once
+    the columns are sorted): scipy's fancy indexing cost ~10 us per user and call.
+    """
+    out = np.zeros(rows.shape, dtype=np.float32)
+    if matrix.nnz == 0:
+        return out
+    matrix.sort_indices()
+    n = np.int64(matrix.shape[1])
+    owners = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    keys = owners * n + matrix.indices.astype(np.int64)
+    wanted = users.astype(np.int64) * n + rows.astype(np.int64)
+    pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    hit = keys[pos] == wanted
+    out[hit] = matrix.data[pos[hit]]
+    return out
 
 
 def _mask_duplicates(rows: IndexMatrix, score: FloatMatrix) -> None:

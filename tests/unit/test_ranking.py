@@ -109,3 +109,19 @@ def test_click_model_weights_reorder_the_blends_top_k_by_category_affinity() -> 
     signals = replace(engine.signals(), weights=FeatureWeights.of({"category": 1.0}))
     ranked = engine.ranker.rank(signals, [request], 6)[0]
     assert {i for i, _ in ranked.items[:3]} == {"i1", "i3", "i5"}
+
+
+def test_gather_reads_sparse_entries_at_arbitrary_rows_like_scipy() -> None:
+    import scipy.sparse as sp  # type: ignore[import-untyped]
+
+    from state.ranking import _gather
+
+    rng = np.random.default_rng(1)
+    matrix = sp.random(300, 2000, density=0.01, format="csr", random_state=2, dtype=np.float32)
+    users = np.broadcast_to(np.arange(300)[:, None], (300, 50))
+    rows = rng.integers(0, 2000, (300, 50))
+    rows[:, 0] = [matrix.indices[matrix.indptr[u]] if matrix[u].nnz else 0 for u in range(300)]
+    expected = np.asarray(matrix[users.ravel(), rows.ravel()]).reshape(rows.shape)
+    got = _gather(matrix, users, rows)
+    assert np.count_nonzero(expected) > 100
+    assert np.array_equal(got, expected.astype(np.float32))
