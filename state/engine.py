@@ -186,9 +186,9 @@ class Engine:
             self.popularity.normalised(n),
             self.popularity.top(n, self.ranker.extra),
             self.cooccurrence.transition(n),
-            self.shared_weights or (self.click.weights() if self.click is not None else None),
             self.popularity_long.normalised(n),
             self.cooccurrence_long.transition(n),
+            self.shared_weights or (self.click.weights() if self.click is not None else None),
         )
 
     def _learn_click(self, state: UserState, event: Interaction) -> None:
@@ -263,16 +263,14 @@ class Engine:
             if snapshot.index.get(h.item_id, n) < n
         ]
         at = np.asarray(rows, dtype=np.intp)
-        pop_long = signals.popularity_long
         index = snapshot.category_index
         shares = {index[c]: s for c, s in self._category_shares(state).items() if c in index}
-        long = signals.transition_long
         feats = feature_stack(
             content.astype(np.float32),
             collab_at(signals.transition, recent, rows),
-            collab_at(long, recent, rows) if long is not None else np.zeros(len(rows), np.float32),
+            collab_at(signals.transition_long, recent, rows),
             signals.popularity[at],
-            pop_long[at] if pop_long is not None else np.zeros(len(rows), dtype=np.float32),
+            signals.popularity_long[at],
             category_affinity(snapshot.category_codes, [shares], at[None, :])[0],
         )
         columns = feats.T.tolist()

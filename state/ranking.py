@@ -95,10 +95,10 @@ class Signals:
     popularity: FloatVector  # (n,) in [0, 1]
     top_popular: npt.NDArray[np.intp]  # the most popular rows, best first
     transition: sp.csr_matrix  # (n, n) co-occurrence, row-normalised
+    popularity_long: FloatVector  # (n,) in [0, 1], a longer half-life
+    transition_long: sp.csr_matrix  # co-occurrence with that longer half-life
     #: The click model's re-ranking weights (:mod:`state.features`); None: the blend's order.
     weights: FeatureWeights | None = None
-    popularity_long: FloatVector | None = None  # (n,) in [0, 1], a longer half-life
-    transition_long: sp.csr_matrix | None = None  # co-occurrence with that longer half-life
 
 
 @dataclass(slots=True)
@@ -220,14 +220,10 @@ class Ranker:
             [(index_of[i], w) for i, w in r.recent if index_of.get(i, n) < n] for r in requests
         ]
         collab = collab_scores(signals.transition, recent_rows, n)
-        collab_long = (
-            collab_scores(signals.transition_long, recent_rows, n)
-            if signals.transition_long is not None
-            else None
-        )
+        collab_long = collab_scores(signals.transition_long, recent_rows, n)
         # The blend's collaborative term (and its candidates) averages the two time scales;
         # the click model weighs them apart.
-        blended = collab if collab_long is None else sp.csr_matrix(0.5 * (collab + collab_long))
+        blended = sp.csr_matrix(0.5 * (collab + collab_long))
         pop = signals.popularity
         rows_x = self._extra_rows(blended, signals.top_popular, batch)
         sims_x = _extra_sims(queries, snapshot.matrix, rows_x, self.extra)
@@ -236,7 +232,7 @@ class Ranker:
         sims = np.concatenate([sims_c, sims_x], axis=1)
         user_idx = np.broadcast_to(np.arange(batch)[:, None], rows.shape)
         cf = _gather(collab, user_idx, safe)
-        cf_long = _gather(collab_long, user_idx, safe) if collab_long is not None else cf
+        cf_long = _gather(collab_long, user_idx, safe)
         cf_blend = 0.5 * (cf + cf_long)
         parts = np.stack(
             [
@@ -345,9 +341,6 @@ class Ranker:
         """Click-model scores of the chosen candidates (``-inf`` stays ``-inf``)."""
         snapshot = signals.snapshot
         chosen = np.maximum(np.take_along_axis(rows, best, axis=1), 0)
-        pop_long = signals.popularity_long
-        if pop_long is None:
-            pop_long = np.zeros(len(snapshot), dtype=np.float32)
         index = snapshot.category_index
         shares = [{index[c]: s for c, s in r.categories.items() if c in index} for r in requests]
         feats = feature_stack(
@@ -355,7 +348,7 @@ class Ranker:
             np.take_along_axis(cf[0], best, axis=1),
             np.take_along_axis(cf[1], best, axis=1),
             signals.popularity[chosen],
-            pop_long[chosen],
+            signals.popularity_long[chosen],
             category_affinity(snapshot.category_codes, shares, chosen),
         )
         rescored = np.einsum("f,fbk->bk", weights.array(), feats)

@@ -222,9 +222,7 @@ class EventProcessor:
         out: list[Any] = []
         for partition, items in by_partition.items():
             items.sort(key=lambda m: m.offset)
-            expected = self.next_offset.get(partition)
-            if expected is None and self.gaps is not None:
-                expected = await self.gaps.committed(partition)
+            expected = await self._expected(partition)
             for message in items:
                 if expected is not None and message.offset > expected and self.gaps is not None:
                     missing = await self.gaps.fetch(partition, expected, message.offset)
@@ -273,16 +271,21 @@ class EventProcessor:
         if self.gaps is None:
             return 0
         async with self._lock:
-            start = self.next_offset.get(partition)
-            if start is None:
-                start = await self.gaps.committed(partition)
-            if start >= stop:
+            start = await self._expected(partition)
+            if start is None or start >= stop:
                 return 0
             end = min(stop, start + self.settings.batch_max_events)
             records = await self.gaps.fetch(partition, start, end)
             if records:
                 await self._process(records)
             return len(records)
+
+    async def _expected(self, partition: int) -> int | None:
+        """The offset ``partition`` continues at: after what was applied, else the commit."""
+        expected = self.next_offset.get(partition)
+        if expected is None and self.gaps is not None:
+            expected = await self.gaps.committed(partition)
+        return expected
 
     async def _process(self, delivered: Sequence[Any]) -> None:
         while len(self.in_flight) >= self.max_in_flight:

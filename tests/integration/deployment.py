@@ -149,15 +149,8 @@ class Deployment:
 
     def log_counts(self, total: int, timeout_s: float = 60.0) -> Counter[str]:
         """Records per key in the ``events`` log, read from the start until ``total`` are in."""
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            consumer_timeout_ms=1000,
-        )
         parts = [TopicPartition(self.topic(EVENTS), p) for p in range(PARTITIONS)]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
+        consumer = self._from_start(parts)
         counts: Counter[str] = Counter()
         deadline = time.monotonic() + timeout_s
         try:
@@ -168,21 +161,28 @@ class Deployment:
             consumer.close()
         return counts
 
-    def top(self, user: str, k: int = 10) -> list[str]:
-        return [m.decode() for m in self.redis.zrevrange(self.keys.recs(user), 0, k - 1)]
-
-    def dead_letters(self, expected: int, timeout_s: float = 60.0) -> list[Any]:
+    def _from_start(self, parts: list[TopicPartition], **config: Any) -> KafkaConsumer:
+        """A group-less consumer of ``parts`` from their first record (1 s idle timeout)."""
         consumer = KafkaConsumer(
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             consumer_timeout_ms=1000,
+            **config,
+        )
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        return consumer
+
+    def top(self, user: str, k: int = 10) -> list[str]:
+        return [m.decode() for m in self.redis.zrevrange(self.keys.recs(user), 0, k - 1)]
+
+    def dead_letters(self, expected: int, timeout_s: float = 60.0) -> list[Any]:
+        consumer = self._from_start(
+            [TopicPartition(self.topic(DEAD_LETTERS), 0)],
             fetch_max_bytes=16 * 1024 * 1024,
             max_partition_fetch_bytes=16 * 1024 * 1024,
         )
-        tp = TopicPartition(self.topic(DEAD_LETTERS), 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
         records: list[Any] = []
         deadline = time.monotonic() + timeout_s
         while len(records) < expected and time.monotonic() < deadline:
