@@ -31,6 +31,8 @@ PRODUCTS: Final = (
     ("category_x_popular_long", "category", "popular_long"),
 )
 FEATURES: Final = (*BASE, *(name for name, _, _ in PRODUCTS))
+_LEFT: Final = np.asarray([BASE.index(left) for _, left, _ in PRODUCTS], dtype=np.intp)
+_RIGHT: Final = np.asarray([BASE.index(right) for _, _, right in PRODUCTS], dtype=np.intp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,20 +74,13 @@ def feature_stack(
     >>> feature_stack(one * 0.5, one, one, one * 0.2, one, one * 0).shape
     (13, 2)
     """
-    base = {
-        "content": content,
-        "collab": collab,
-        "collab_long": collab_long,
-        "popular": popular,
-        "popular_long": popular_long,
-        "category": category,
-    }
-    clean = {
-        k: np.nan_to_num(v.astype(np.float32), neginf=0.0, posinf=0.0) for k, v in base.items()
-    }
-    out = [clean[name] for name in BASE]
-    out += [clean[left] * clean[right] for _, left, right in PRODUCTS]
-    return np.stack(out).astype(np.float32, copy=False)
+    base = np.stack([content, collab, collab_long, popular, popular_long, category]).astype(
+        np.float32, copy=False
+    )
+    base[~np.isfinite(base)] = 0.0
+    # Four array operations whatever the number of products: the click model's training rows
+    # are a handful of items, where per-feature numpy calls were most of the cost.
+    return np.concatenate([base, base[_LEFT] * base[_RIGHT]])
 
 
 def category_affinity(

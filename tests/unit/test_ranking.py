@@ -125,3 +125,24 @@ def test_gather_reads_sparse_entries_at_arbitrary_rows_like_scipy() -> None:
     got = _gather(matrix, users, rows)
     assert np.count_nonzero(expected) > 100
     assert np.array_equal(got, expected.astype(np.float32))
+
+
+def test_extra_rows_are_each_users_best_collaborative_rows_after_the_popular_ones() -> None:
+    import scipy.sparse as sp
+
+    from state.ranking import BlendWeights, Ranker
+
+    rng = np.random.default_rng(3)
+    matrix = sp.random(200, 500, density=0.05, format="csr", random_state=4, dtype=np.float32)
+    matrix.data = rng.permutation(len(matrix.data)).astype(np.float32) + 1  # no ties
+    ranker = Ranker(BlendWeights())
+    e = ranker.extra
+    top_popular = np.arange(e + 5, dtype=np.intp)[::-1]
+    out = ranker._extra_rows(matrix, top_popular, 200)
+    assert out.shape == (200, 2 * e)
+    assert (out[:, :e] == top_popular[:e]).all()
+    for u in range(200):
+        row = matrix.getrow(u)
+        best = row.indices[np.argsort(-row.data)][:e]
+        assert list(out[u, e : e + len(best)]) == list(best)
+        assert (out[u, e + len(best) :] == -1).all()
