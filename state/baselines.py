@@ -20,9 +20,11 @@ from state.catalogue import Catalogue
 from state.cooccurrence import CoOccurrence
 from state.datasets import ReplayEvent
 from state.engine import RECENT_POSITIVES, Engine, EngineConfig, Interaction
+from state.groups import GroupConfig, LocalGroups, SharedGroups, assign_and_learn, merge
 from state.interest import POSITIVE_TYPES, UserState, event_weight, normalised
 from state.popularity import Popularity
-from state.ranking import BlendWeights, Ranker
+from state.ranking import BlendWeights, Ranker, RankRequest
+from state.reader import GROUP_WARMUP_EVENTS
 
 Rows = npt.NDArray[np.intp]
 #: Co-occurrence pairs folded into the sparse matrix every this many positives. The worker folds
@@ -32,6 +34,10 @@ FOLD_EVERY_POSITIVES: Final = 256
 _NO_CONTENT: Final = 1e-6
 #: Baseline scores this small break ties (co-occurrence falls back to popularity).
 _TIE_BREAK: Final = 1e-6
+#: Events between two group syncs in a replay (a worker syncs every ``groups_sync_s``, 5 s).
+GROUP_SYNC_EVENTS: Final = 1000
+#: Length of a group's list (a worker's ``top_k`` default).
+GROUP_LIST_DEPTH: Final = 50
 
 
 @dataclass(slots=True)
@@ -405,6 +411,7 @@ ABLATIONS: Final = (
     "streamrec-no-click",
     "streamrec-single-interest",
     "streamrec-single-interest-no-click",
+    "streamrec+groups",
 )
 METHODS: Final = (*DEFAULT_METHODS, *ABLATIONS)
 
@@ -432,31 +439,111 @@ def make_methods(
     single: SharedEngine | None = None  # a second engine, only when a variant asks for it
     out: list[Recommender] = []
     for name in names:
-        if name in SINGLE_INTEREST_VARIANTS:
+        if name == "streamrec+groups":
+            out.append(
+                GroupServingRecommender(EngineRecommender("streamrec", shared, config.weights))
+            )
+        elif name in SINGLE_INTEREST_VARIANTS:
             single = single or SharedEngine(catalogue, replace(config, max_interests=1))
             out.append(EngineRecommender(name, single, config.weights))
         elif name in ENGINE_VARIANTS:
             out.append(EngineRecommender(name, shared, variant_weights(name, config.weights)))
         elif name == "content":
             out.append(ContentRecommender(shared, seed))
-        elif name == "random":
-            out.append(RandomRecommender(len(catalogue.snapshot()), seed))
-        elif name == "popularity":
-            out.append(PopularityRecommender(catalogue, seed))
-        elif name == "decayed-popularity":
-            out.append(DecayedPopularityRecommender(catalogue, config.popularity_half_life_s, seed))
-        elif name == "decayed-popularity-long":
-            out.append(
-                DecayedPopularityRecommender(
-                    catalogue, config.popularity_long_half_life_s, seed, name
-                )
-            )
-        elif name == "cooccurrence":
-            out.append(CoOccurrenceRecommender(catalogue, config.popularity_half_life_s, seed))
-        elif name == "cooccurrence-long":
-            out.append(
-                CoOccurrenceRecommender(catalogue, config.popularity_long_half_life_s, seed, name)
-            )
         else:
-            out.append(BiasedMFRecommender(catalogue, seed=seed + 42))
+            out.append(_baseline(name, catalogue, config, seed))
     return out
+
+
+def _baseline(name: str, catalogue: Catalogue, config: EngineConfig, seed: int) -> Recommender:
+    """One of the baselines that keep their own state (not the shared engine)."""
+    short, long = config.popularity_half_life_s, config.popularity_long_half_life_s
+    if name == "random":
+        return RandomRecommender(len(catalogue.snapshot()), seed)
+    if name == "popularity":
+        return PopularityRecommender(catalogue, seed)
+    if name == "decayed-popularity":
+        return DecayedPopularityRecommender(catalogue, short, seed)
+    if name == "decayed-popularity-long":
+        return DecayedPopularityRecommender(catalogue, long, seed, name)
+    if name == "cooccurrence":
+        return CoOccurrenceRecommender(catalogue, short, seed)
+    if name == "cooccurrence-long":
+        return CoOccurrenceRecommender(catalogue, long, seed, name)
+    return BiasedMFRecommender(catalogue, seed=seed + 42)
+
+
+class GroupServingRecommender:
+    """streamrec as the reader serves it when groups exist: warm-up users get their group's list.
+
+    Mirrors the workers: every user is assigned to the shared model's nearest centroid and users
+    past warm-up teach it (:func:`state.groups.assign_and_learn`); every
+    :data:`GROUP_SYNC_EVENTS` events the model is merged and each centroid is ranked like a
+    user into its list (``sr:group:{g}:recs``); a user with fewer than
+    :data:`~state.reader.GROUP_WARMUP_EVENTS` events and a group is served that list as it
+    is, else the personal ranking (:class:`EngineRecommender`).
+    """
+
+    name = "streamrec+groups"
+
+    def __init__(
+        self,
+        personal: EngineRecommender,
+        config: GroupConfig | None = None,
+        sync_every: int = GROUP_SYNC_EVENTS,
+    ) -> None:
+        self.personal = personal
+        catalogue = personal.shared.engine.catalogue
+        config = config or GroupConfig()
+        self.model = SharedGroups.empty(config.max_groups, catalogue.dim, catalogue.version)
+        self.local = LocalGroups(self.model, config)
+        self.sync_every = sync_every
+        #: Each group's list as catalogue rows, as of the last sync.
+        self.lists: dict[str, list[int]] = {}
+        self._since_sync = 0
+
+    def learn_one(self, event: ReplayEvent, offset: int) -> None:
+        self.personal.learn_one(event, offset)
+        state = self.personal.shared.states.get(event.user_id)
+        if state is not None:
+            assign_and_learn(self.local, [state])
+        self._since_sync += 1
+        if self._since_sync >= self.sync_every:
+            self._sync()
+
+    def _sync(self) -> None:
+        self._since_sync = 0
+        self.model = merge(self.model, self.local)
+        self.local = LocalGroups(self.model, self.local.config)
+        groups = np.flatnonzero(self.model.seeded).tolist()
+        engine = self.personal.shared.engine
+        requests = [RankRequest(user_id=f"group:{g}", vec=self.model.centroids[g]) for g in groups]
+        ranked = engine.rank_requests(requests, GROUP_LIST_DEPTH, engine.signals())
+        rows = engine.catalogue.row
+        self.lists = {
+            str(g): [r for r in (rows(i) for i, _ in result.items) if r is not None]
+            for g, result in zip(groups, ranked, strict=True)
+        }
+
+    def _group_list(self, query: Query) -> list[int] | None:
+        state = self.personal.shared.states.get(query.user_id)
+        if state is None or not state.group or state.events >= GROUP_WARMUP_EVENTS:
+            return None
+        consumed = set(query.exclude_rows)
+        # The reader serves the list as it is; the harness scores every method against the
+        # catalogue minus consumed items, so those (at most a warm-up's few) are left out.
+        rows = [r for r in self.lists.get(state.group, []) if r not in consumed]
+        return rows or None
+
+    def rank(self, queries: Sequence[Query], k: int) -> list[list[int]]:
+        served = [self._group_list(q) for q in queries]
+        out = []
+        # The personal list serves everyone else and tops up a short group list.
+        for group, own in zip(served, self.personal.rank(queries, k), strict=True):
+            if group is None:
+                out.append(own)
+                continue
+            head = group[:k]
+            taken = set(head)
+            out.append(head + [r for r in own if r not in taken][: k - len(head)])
+        return out

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from state.interest import Vector
+from state.interest import UserState, Vector, normalised
 
 FloatMatrix = npt.NDArray[np.float32]
+#: Users teach the group model once their vector rests on this many events.
+GROUP_LEARN_EVENTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,21 @@ class LocalGroups:
 
     def _room(self) -> bool:
         return int(self.shared.seeded.sum()) + len(self.candidates) < len(self.shared.counts)
+
+
+def assign_and_learn(groups: LocalGroups, states: list[UserState]) -> None:
+    """Each user's group from the shared model, then learn from users past warm-up.
+
+    What a worker does for the users of every batch (and the evaluation for every event).
+    """
+    if not states:
+        return
+    vecs = np.stack([normalised(s.vec) for s in states])
+    for state, group in zip(states, groups.shared.assign(vecs).tolist(), strict=True):
+        if group >= 0:
+            state.group = str(group)
+    seasoned = [s.events >= GROUP_LEARN_EVENTS for s in states]
+    groups.learn_many(vecs[np.asarray(seasoned, dtype=np.bool_)])
 
 
 def merge(current: SharedGroups, local: LocalGroups) -> SharedGroups:

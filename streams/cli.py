@@ -229,7 +229,8 @@ def bench(
     help="comma-separated: random, popularity, decayed-popularity, cooccurrence, biased-mf, "
     "content, decayed-popularity-long, cooccurrence-long, streamrec (the default: all of "
     "these), and the ablations content+collab, collab+popular, streamrec-ranker-content, "
-    "streamrec-no-click, streamrec-single-interest, streamrec-single-interest-no-click",
+    "streamrec-no-click, streamrec-single-interest, streamrec-single-interest-no-click, "
+    "streamrec+groups",
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object {method: {metric: v}}")
 @click.option(

@@ -24,7 +24,7 @@ import redis.exceptions
 
 from encoders.cache import content_hash
 from state.engine import Interaction
-from state.groups import LocalGroups
+from state.groups import assign_and_learn
 from state.interest import StateCodecError, UserState, decode_state, encode_state, vector_bytes
 from state.interest import normalised as unit
 from state.popularity import log_add, log_increment
@@ -43,8 +43,6 @@ T = TypeVar("T")
 
 #: Redis outages are retried with capped exponential backoff; the batch waits, unacked.
 RETRY_MAX_S = 5.0
-#: Users teach the group model once their vector rests on this many events.
-GROUP_LEARN_EVENTS = 3
 #: Decoded user states kept per worker (~4 KB each).
 CACHE_USERS = 200_000
 _TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
@@ -321,7 +319,7 @@ class EventProcessor:
             return None
         if self.groups is not None:
             started = time.perf_counter()
-            _assign_groups(self.groups.local, [p.state for p in users.values()])
+            assign_and_learn(self.groups.local, [p.state for p in users.values()])
             self.stats.seconds["learn_groups"] += time.perf_counter() - started
         requests = [self.engine.request(u, p.state) for u, p in users.items()]
         writes = [_user_write(u, p.state) for u, p in users.items()]
@@ -487,16 +485,6 @@ class EventProcessor:
             self.cache.pop(next(iter(self.cache)))
         self.cache[user_id] = state
         return state
-
-
-def _assign_groups(groups: LocalGroups, states: list[UserState]) -> None:
-    """Each user's group from the shared model, then learn from users past warm-up."""
-    vecs = np.stack([unit(s.vec) for s in states])
-    for state, group in zip(states, groups.shared.assign(vecs).tolist(), strict=True):
-        if group >= 0:
-            state.group = str(group)
-    seasoned = [s.events >= GROUP_LEARN_EVENTS for s in states]
-    groups.learn_many(vecs[np.asarray(seasoned, dtype=np.bool_)])
 
 
 def _user_write(user_id: str, state: UserState) -> UserWrite:

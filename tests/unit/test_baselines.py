@@ -97,3 +97,31 @@ def test_streamrec_variants_share_one_engine_and_apply_each_event_once() -> None
     shared = methods[1].shared  # type: ignore[attr-defined]
     assert shared.state("u").events == 1
     assert all(m.shared is shared for m in methods)  # type: ignore[attr-defined]
+
+
+def test_group_serving_gives_warm_up_users_their_groups_list_minus_what_they_consumed() -> None:
+    from state.baselines import EngineRecommender, GroupServingRecommender, SharedEngine
+
+    cat = catalogue()
+    config = EngineConfig()
+    method = GroupServingRecommender(
+        EngineRecommender("streamrec", SharedEngine(cat, config), config.weights), sync_every=50
+    )
+    events = stream()
+    for offset, event in enumerate(events):
+        method.learn_one(event, offset)
+    assert method.lists, "seasoned users seeded groups and a sync ranked their centroids"
+    t = events[-1].ts_ms
+    method.learn_one(ReplayEvent("w", "click", "i0", t + 1), len(events))
+    method.learn_one(ReplayEvent("w", "like", "i5", t + 2), len(events) + 1)
+    group = method.personal.shared.states["w"].group
+    assert group in method.lists
+    (rows,) = method.rank([Query("w", {"i0", "i5"}, [0, 5])], 5)
+    expected = [r for r in method.lists[group] if r not in (0, 5)][:5]
+    assert rows[: len(expected)] == expected
+    assert len(rows) == 5 and not {0, 5} & set(rows)
+    # Past warm-up the personal ranking serves the user.
+    for n in range(3):
+        method.learn_one(ReplayEvent("w", "click", f"i{6 + n}", t + 3 + n), len(events) + 2 + n)
+    (personal,) = method.personal.rank([Query("w", {"i0", "i5"}, [0, 5])], 5)
+    assert method.rank([Query("w", {"i0", "i5"}, [0, 5])], 5) == [personal]
