@@ -19,7 +19,7 @@ from river import optim, reco
 from state.catalogue import Catalogue
 from state.cooccurrence import CoOccurrence
 from state.datasets import ReplayEvent
-from state.engine import RECENT_POSITIVES, Engine, EngineConfig, Interaction
+from state.engine import Engine, EngineConfig, Interaction
 from state.groups import GroupConfig, LocalGroups, SharedGroups, assign_and_learn, merge
 from state.interest import POSITIVE_TYPES, UserState, event_weight, normalised
 from state.popularity import Popularity
@@ -30,6 +30,9 @@ Rows = npt.NDArray[np.intp]
 #: Co-occurrence pairs folded into the sparse matrix every this many positives. The worker folds
 #: once per wall-clock second (~1,000 events at its rate); a replay needs a deterministic rule.
 FOLD_EVERY_POSITIVES: Final = 256
+#: The co-occurrence baselines pair each positive with the user's previous this many positives
+#: (the engine itself pairs more items, of more event types: :data:`state.engine.RECENT_ITEMS`).
+RECENT_POSITIVES: Final = 5
 #: Content weight of the "no content" ablation: negligible, yet keeps excluded rows at -inf.
 _NO_CONTENT: Final = 1e-6
 #: Baseline scores this small break ties (co-occurrence falls back to popularity).

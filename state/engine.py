@@ -18,7 +18,9 @@ from state.click_model import ClickModel
 from state.cooccurrence import CoOccurrence, collab_at
 from state.features import FEATURES, FeatureWeights, category_affinity, feature_stack
 from state.interest import (
+    ENGAGED_TYPES,
     POSITIVE_TYPES,
+    HistoryEntry,
     UserState,
     Vector,
     add_to_vector,
@@ -30,8 +32,13 @@ from state.multi_interest import InterestConfig, active_interests, update_intere
 from state.popularity import Popularity
 from state.ranking import BlendWeights, CandidateIndex, Ranked, Ranker, RankRequest, Signals
 
-#: Recent positives that feed co-occurrence, the collaborative score and explanations.
-RECENT_POSITIVES = 5
+#: Recent engaged items (positives and views) that feed co-occurrence, the collaborative score
+#: and explanations. Measured on MovieLens-100K (30-day co-occurrence alone, a dense replay of
+#: the harness's protocol): 5 positives 0.093 nDCG@10, 10 positives 0.096, 10 engaged items
+#: 0.104, with the recency weights below 0.107; 20 or 50 items were worse.
+RECENT_ITEMS = 10
+#: The k-th newest of them weighs ``RECENCY_DECAY ** k`` times its event weight.
+RECENCY_DECAY = 0.9
 #: The click model's features are computed against signals at most this old.
 SIGNALS_REFRESH_S = 1.0
 #: An impression not engaged with within this window is a negative of the next engagement.
@@ -40,6 +47,16 @@ CLICK_WINDOW_MS = 30 * 60 * 1000
 SKIPPED_USERS = 100_000
 #: Random items drawn per engagement; the one nearest the user is the click model's negative.
 NEGATIVE_POOL = 16
+
+
+def recency_weighted(entries: Sequence[HistoryEntry]) -> list[tuple[str, float]]:
+    """``(item_id, weight)`` of history entries given newest first, older ones weighing less.
+
+    >>> from state.interest import HistoryEntry
+    >>> recency_weighted([HistoryEntry("b", "like", 2.0, 2), HistoryEntry("a", "view", 0.3, 1)])
+    [('b', 2.0), ('a', 0.27)]
+    """
+    return [(h.item_id, round(h.weight * RECENCY_DECAY**k, 6)) for k, h in enumerate(entries)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +132,7 @@ class Engine:
         if state.seen(event.partition, event.offset):
             return False
         self._ensure_version(state)
-        recent = [self.catalogue.row(h.item_id) for h in state.positives(RECENT_POSITIVES)]
+        recent = [self.catalogue.row(h.item_id) for h in state.engaged(RECENT_ITEMS)]
         item_vec = self.catalogue.vector(event.item_id) if event.item_id else None
         if self.click is not None and item_vec is not None:
             started = time.perf_counter()
@@ -138,7 +155,7 @@ class Engine:
             if row is not None:
                 self.popularity.add(row, entry.weight, event.ts_ms)
                 self.popularity_long.add(row, entry.weight, event.ts_ms)
-                if entry.event_type in POSITIVE_TYPES:
+                if entry.event_type in ENGAGED_TYPES:
                     previous = [r for r in recent if r is not None]
                     self.cooccurrence.observe(previous, row, event.ts_ms)
                     self.cooccurrence_long.observe(previous, row, event.ts_ms)
@@ -157,7 +174,7 @@ class Engine:
             user_id=user_id,
             vec=normalised(state.vec),
             exclude=state.consumed(),
-            recent=[(h.item_id, h.weight) for h in state.positives(RECENT_POSITIVES)],
+            recent=recency_weighted(state.engaged(RECENT_ITEMS)),
             interests=self._active(state),
             categories=self._category_shares(state),
         )
@@ -224,8 +241,11 @@ class Engine:
             return
         # Negatives: a random item (what content must rule out), the nearest of a few (what
         # co-occurrence and popularity must decide between) and the impression the user just
-        # skipped. Hard negatives alone taught the model to rank by popularity.
+        # skipped. Hard negatives alone taught the model to rank by popularity. A fourth, from
+        # the co-occurrence neighbourhood, teaches it how much co-occurrence's size matters
+        # (MovieLens-100K nDCG@10 0.0870 -> 0.0913; synthetic 0.1263, AUC 0.719 -> 0.786).
         rows = [row, self._negatives.randrange(n), self._hard_negative(state, signals, row)]
+        rows += self._neighbour_negative(state, signals, row)
         if skipped is not None and event.ts_ms - skipped[1] <= CLICK_WINDOW_MS:
             if skipped[0] != row and skipped[0] < n:
                 rows.append(skipped[0])
@@ -248,6 +268,25 @@ class Engine:
         sims = signals.snapshot.matrix[picks] @ normalised(state.vec)
         return picks[int(np.argmax(sims))]
 
+    def _neighbour_negative(self, state: UserState, signals: Signals, positive: int) -> list[int]:
+        """An item co-occurring with one of the user's recent items, uniformly ([]: none).
+
+        Random and content-near negatives are told apart from the positive by *having* a
+        collaborative score; only a negative from the co-occurrence neighbourhood teaches the
+        model how much its *size* matters next to popularity and content.
+        """
+        n = len(signals.snapshot)
+        index = signals.snapshot.index
+        recent = [index.get(h.item_id, n) for h in state.engaged(RECENT_ITEMS)]
+        transition = signals.transition_long
+        indptr, indices = transition.indptr, transition.indices
+        rows = [r for r in recent if r < len(indptr) - 1 and indptr[r + 1] > indptr[r]]
+        if not rows:
+            return []
+        r = rows[self._negatives.randrange(len(rows))]
+        pick = int(indices[indptr[r] + self._negatives.randrange(int(indptr[r + 1] - indptr[r]))])
+        return [pick] if pick != positive and pick < n else []
+
     def _features(
         self, state: UserState, signals: Signals, rows: list[int]
     ) -> list[dict[str, float]]:
@@ -258,9 +297,9 @@ class Engine:
         queries = [normalised(state.vec), *(v for v, _ in self._active(state))]
         content = np.max(np.stack(queries) @ matrix.T, axis=0)
         recent = [
-            (snapshot.index[h.item_id], h.weight)
-            for h in state.positives(RECENT_POSITIVES)
-            if snapshot.index.get(h.item_id, n) < n
+            (snapshot.index[item_id], weight)
+            for item_id, weight in recency_weighted(state.engaged(RECENT_ITEMS))
+            if snapshot.index.get(item_id, n) < n
         ]
         at = np.asarray(rows, dtype=np.intp)
         index = snapshot.category_index

@@ -38,6 +38,9 @@ CONSUMED_TYPES: Final[frozenset[str]] = frozenset(
 )
 #: Types that say the user wants more of this (drive co-occurrence and explanations).
 POSITIVE_TYPES: Final[frozenset[str]] = frozenset({"click", "like", "share", "dwell"})
+#: Types that say the user took the item in (what co-occurrence learns "consumed together"
+#: from): the positives and a plain view, not a rejection.
+ENGAGED_TYPES: Final[frozenset[str]] = POSITIVE_TYPES | {"view"}
 #: A 30 s read counts as full engagement; longer dwell adds nothing more.
 FULL_DWELL_MS: Final[float] = 30_000.0
 DWELL_BONUS: Final[float] = 0.8
@@ -146,6 +149,18 @@ class UserState:
         out: list[HistoryEntry] = []
         for h in reversed(self.history):
             if h.event_type in POSITIVE_TYPES:
+                out.append(h)
+                if len(out) == limit:
+                    break
+        return out
+
+    def engaged(self, limit: int) -> list[HistoryEntry]:
+        """The newest ``limit`` distinct items of :data:`ENGAGED_TYPES` events, newest first."""
+        out: list[HistoryEntry] = []
+        seen: set[str] = set()
+        for h in reversed(self.history):
+            if h.event_type in ENGAGED_TYPES and h.item_id not in seen:
+                seen.add(h.item_id)
                 out.append(h)
                 if len(out) == limit:
                     break

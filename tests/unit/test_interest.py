@@ -115,3 +115,11 @@ def test_state_codec_round_trips(events, partition, offset) -> None:
         state.ts_ms,
     )
     assert back.history == state.history and back.consumed() == state.consumed()
+
+
+def test_engaged_items_are_distinct_positives_and_views_newest_first() -> None:
+    events = [("view", "i0"), ("like", "i1"), ("dislike", "i2"), ("impression", "i3")]
+    events += [("click", "i0"), ("hide", "i4"), ("view", "i5")]
+    state = _apply_all([(t, i, 1_700_000_000_000 + k, None) for k, (t, i) in enumerate(events)])
+    assert [h.item_id for h in state.engaged(10)] == ["i5", "i0", "i1"]
+    assert [h.event_type for h in state.engaged(2)] == ["view", "click"]
