@@ -37,6 +37,8 @@ RECENT_POSITIVES: Final = 5
 _NO_CONTENT: Final = 1e-6
 #: Baseline scores this small break ties (co-occurrence falls back to popularity).
 _TIE_BREAK: Final = 1e-6
+#: A replay's notion of a second for wall-clock schedules (~ a worker's event rate).
+REPLAY_EVENTS_PER_S: Final = 1000
 #: Events between two group syncs in a replay (a worker syncs every ``groups_sync_s``, 5 s).
 GROUP_SYNC_EVENTS: Final = 1000
 #: Length of a group's list (a worker's ``top_k`` default).
@@ -135,9 +137,14 @@ class SharedEngine:
         self.engine = Engine(catalogue, config)
         self.engine.cooccurrence = ReplayCoOccurrence(config.popularity_half_life_s)
         self.engine.cooccurrence_long = ReplayCoOccurrence(config.popularity_long_half_life_s)
+        # The click model's features read signals refreshed once a second: in a replay, once per
+        # REPLAY_EVENTS_PER_S events, so a run's figures do not depend on the machine's speed.
+        self._offset = 0
+        self.engine.clock = lambda: self._offset / REPLAY_EVENTS_PER_S
         self.states: dict[str, UserState] = {}
 
     def apply(self, event: ReplayEvent, offset: int) -> None:
+        self._offset = offset
         state = self.states.get(event.user_id)
         if state is None:
             state = self.states[event.user_id] = self.engine.new_state()

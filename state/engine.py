@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,6 +118,8 @@ class Engine:
         self.learn_seconds = 0.0
         #: Per user, the newest impression (row, ts_ms) not yet followed by an engagement.
         self._skipped: dict[str, tuple[int, int]] = {}
+        #: Seconds for :data:`SIGNALS_REFRESH_S`; a replay counts events instead (deterministic).
+        self.clock: Callable[[], float] = time.monotonic
         #: Re-ranking weights agreed by all replicas (``streams.click_sync``); else this model's.
         self.shared_weights: FeatureWeights | None = None
 
@@ -231,7 +233,7 @@ class Engine:
         self._click_seen += 1
         if self._click_seen % self.config.click_every:
             return  # a sample is plenty for a dozen weights, and learning costs ~0.3 ms
-        now = time.monotonic()
+        now = self.clock()
         if self._frozen is None or now - self._frozen[0] > SIGNALS_REFRESH_S:
             self._frozen = (now, self.signals())
         signals = self._frozen[1]

@@ -125,3 +125,11 @@ def test_group_serving_gives_warm_up_users_their_groups_list_minus_what_they_con
         method.learn_one(ReplayEvent("w", "click", f"i{6 + n}", t + 3 + n), len(events) + 2 + n)
     (personal,) = method.personal.rank([Query("w", {"i0", "i5"}, [0, 5])], 5)
     assert method.rank([Query("w", {"i0", "i5"}, [0, 5])], 5) == [personal]
+
+
+def test_a_replay_refreshes_the_click_models_signals_by_event_count_not_wall_clock() -> None:
+    from state.baselines import REPLAY_EVENTS_PER_S, SharedEngine
+
+    shared = SharedEngine(catalogue(), EngineConfig())
+    shared.apply(ReplayEvent("u", "click", "i1", 1_700_000_000_000), 3 * REPLAY_EVENTS_PER_S)
+    assert shared.engine.clock() == 3.0
