@@ -1,6 +1,7 @@
 """Online item co-occurrence, the collaborative signal in the blend.
 
-Each positive interaction pairs the item with the user's few previous positives. Increments
+Each engagement pairs the item with the user's few previous engaged items (the engine's
+:data:`~state.engine.RECENT_ITEMS`; the replay baselines' own window). Increments
 are buffered and folded into a sparse matrix in vectorised batches, and the row-normalised
 matrix (``P(j | i)``) is what ranking multiplies with a user's recent items.
 """
@@ -35,7 +36,7 @@ class CoOccurrence:
         self.now_ms = 0.0
 
     def observe(self, recent_rows: list[int], row: int, ts_ms: int) -> None:
-        """Pair ``row`` with each of ``recent_rows`` (the user's previous positives)."""
+        """Pair ``row`` with each of ``recent_rows`` (the user's previous engaged items)."""
         for other in recent_rows:
             if other != row:
                 self._rows += (other, row)
