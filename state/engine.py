@@ -134,11 +134,13 @@ class Engine:
         if state.seen(event.partition, event.offset):
             return False
         self._ensure_version(state)
-        recent = [self.catalogue.row(h.item_id) for h in state.engaged(RECENT_ITEMS)]
+        engaged = state.engaged(RECENT_ITEMS)
+        recent = [self.catalogue.row(h.item_id) for h in engaged]
         item_vec = self.catalogue.vector(event.item_id) if event.item_id else None
         if self.click is not None and item_vec is not None:
             started = time.perf_counter()
-            self._learn_click(state, event)  # before the event is applied: test-then-train
+            # Before the event is applied: test-then-train.
+            self._learn_click(state, engaged, event)
             self.learn_seconds += time.perf_counter() - started
         entry = apply_event(
             state,
@@ -210,7 +212,9 @@ class Engine:
             self.shared_weights or (self.click.weights() if self.click is not None else None),
         )
 
-    def _learn_click(self, state: UserState, event: Interaction) -> None:
+    def _learn_click(
+        self, state: UserState, engaged: list[HistoryEntry], event: Interaction
+    ) -> None:
         """Show the click model this engagement's item as ranking saw it, against negatives.
 
         An impression is remembered as the negative of the user's next engagement within
@@ -247,11 +251,11 @@ class Engine:
         # the co-occurrence neighbourhood, teaches it how much co-occurrence's size matters
         # (MovieLens-100K nDCG@10 0.0870 -> 0.0913; synthetic 0.1263, AUC 0.719 -> 0.786).
         rows = [row, self._negatives.randrange(n), self._hard_negative(state, signals, row)]
-        rows += self._neighbour_negative(state, signals, row)
+        rows += self._neighbour_negative(engaged, signals, row)
         if skipped is not None and event.ts_ms - skipped[1] <= CLICK_WINDOW_MS:
             if skipped[0] != row and skipped[0] < n:
                 rows.append(skipped[0])
-        feats = self._features(state, signals, rows)
+        feats = self._features(state, engaged, signals, rows)
         for negative in feats[1:]:
             self.click.learn_pair(feats[0], negative)
 
@@ -270,8 +274,10 @@ class Engine:
         sims = signals.snapshot.matrix[picks] @ normalised(state.vec)
         return picks[int(np.argmax(sims))]
 
-    def _neighbour_negative(self, state: UserState, signals: Signals, positive: int) -> list[int]:
-        """An item co-occurring with one of the user's recent items, uniformly ([]: none).
+    def _neighbour_negative(
+        self, engaged: list[HistoryEntry], signals: Signals, positive: int
+    ) -> list[int]:
+        """An item co-occurring with one of the user's ``engaged`` items, uniformly ([]: none).
 
         Random and content-near negatives are told apart from the positive by *having* a
         collaborative score; only a negative from the co-occurrence neighbourhood teaches the
@@ -279,7 +285,7 @@ class Engine:
         """
         n = len(signals.snapshot)
         index = signals.snapshot.index
-        recent = [index.get(h.item_id, n) for h in state.engaged(RECENT_ITEMS)]
+        recent = [index.get(h.item_id, n) for h in engaged]
         transition = signals.transition_long
         indptr, indices = transition.indptr, transition.indices
         rows = [r for r in recent if r < len(indptr) - 1 and indptr[r + 1] > indptr[r]]
@@ -290,9 +296,9 @@ class Engine:
         return [pick] if pick != positive and pick < n else []
 
     def _features(
-        self, state: UserState, signals: Signals, rows: list[int]
+        self, state: UserState, engaged: list[HistoryEntry], signals: Signals, rows: list[int]
     ) -> list[dict[str, float]]:
-        """The ranking-time features (:mod:`state.features`) of ``rows`` for ``state``."""
+        """The ranking-time features of ``rows`` for ``state`` (its ``engaged`` items)."""
         snapshot = signals.snapshot
         n = len(snapshot)
         matrix = snapshot.matrix[rows]
@@ -300,7 +306,7 @@ class Engine:
         content = np.max(np.stack(queries) @ matrix.T, axis=0)
         recent = [
             (snapshot.index[item_id], weight)
-            for item_id, weight in recency_weighted(state.engaged(RECENT_ITEMS))
+            for item_id, weight in recency_weighted(engaged)
             if snapshot.index.get(item_id, n) < n
         ]
         at = np.asarray(rows, dtype=np.intp)

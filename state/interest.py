@@ -144,16 +144,6 @@ class UserState:
         """Item ids this user has already consumed (excluded from their recommendations)."""
         return {h.item_id for h in self.history if h.event_type in CONSUMED_TYPES}
 
-    def positives(self, limit: int) -> list[HistoryEntry]:
-        """The newest ``limit`` positive interactions, newest first."""
-        out: list[HistoryEntry] = []
-        for h in reversed(self.history):
-            if h.event_type in POSITIVE_TYPES:
-                out.append(h)
-                if len(out) == limit:
-                    break
-        return out
-
     def engaged(self, limit: int) -> list[HistoryEntry]:
         """The newest ``limit`` distinct items of :data:`ENGAGED_TYPES` events, newest first."""
         out: list[HistoryEntry] = []

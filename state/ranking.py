@@ -323,7 +323,8 @@ class Ranker:
         snapshot = signals.snapshot
         index = snapshot.category_index
         shares = [{index[c]: s for c, s in r.categories.items() if c in index} for r in requests]
-        mine = category_affinity(snapshot.category_codes, shares, np.maximum(rows, 0)) > 0
+        affinity = category_affinity(snapshot.category_codes, shares, np.maximum(rows, 0))
+        mine = affinity > 0
         mine |= np.asarray([not user for user in shares], dtype=np.bool_)[:, None]
         sources = [np.where(valid & mine, v, -np.inf) for v in (cf_blend, pop)]
         columns = [_top_columns(v, self.extra) for v in sources]
@@ -337,7 +338,7 @@ class Ranker:
         pool_score = np.take_along_axis(score, pool, axis=1)
         pool_score[:, m:][np.take_along_axis(in_head, extra, axis=1) | ~eligible] = -np.inf
         _mask_duplicates(pool, pool_score)
-        learned = self._rerank(signals, signals.weights, requests, rows, pool, sims, cf, pool_score)
+        learned = self._rerank(signals, signals.weights, rows, pool, sims, cf, affinity, pool_score)
         pick = np.argsort(-learned, axis=1, kind="stable")[:, :m]
         head, head_score = (
             np.take_along_axis(pool, pick, axis=1),
@@ -361,25 +362,26 @@ class Ranker:
     def _rerank(
         signals: Signals,
         weights: FeatureWeights,
-        requests: Sequence[RankRequest],
         rows: IndexMatrix,
         best: IndexMatrix,
         sims: FloatMatrix,
         cf: tuple[FloatMatrix, FloatMatrix],
+        affinity: FloatMatrix,
         top_score: FloatMatrix,
     ) -> FloatMatrix:
-        """Click-model scores of the chosen candidates (``-inf`` stays ``-inf``)."""
-        snapshot = signals.snapshot
+        """Click-model scores of the chosen candidates (``-inf`` stays ``-inf``).
+
+        ``sims``, ``cf`` and ``affinity`` (the user's share of the category) are per candidate
+        (``rows``' shape); ``best`` picks the columns to score.
+        """
         chosen = np.maximum(np.take_along_axis(rows, best, axis=1), 0)
-        index = snapshot.category_index
-        shares = [{index[c]: s for c, s in r.categories.items() if c in index} for r in requests]
         feats = feature_stack(
             np.take_along_axis(sims, best, axis=1),
             np.take_along_axis(cf[0], best, axis=1),
             np.take_along_axis(cf[1], best, axis=1),
             signals.popularity[chosen],
             signals.popularity_long[chosen],
-            category_affinity(snapshot.category_codes, shares, chosen),
+            np.take_along_axis(affinity, best, axis=1),
         )
         rescored = np.einsum("f,fbk->bk", weights.array(), feats)
         return np.where(np.isfinite(top_score), rescored, -np.inf).astype(np.float32)

@@ -9,7 +9,7 @@ import pytest
 
 from state.catalogue import Catalogue
 from state.cooccurrence import CoOccurrence
-from state.engine import RECENCY_DECAY, Engine, EngineConfig, Interaction
+from state.engine import RECENCY_DECAY, RECENT_ITEMS, Engine, EngineConfig, Interaction
 
 DAY_MS = 86_400_000
 T0 = 1_767_225_600_000
@@ -69,6 +69,10 @@ def test_the_click_models_neighbour_negative_co_occurs_with_a_recent_item() -> N
         engine.apply(other, Interaction("v", "click", item, T0 + offset, offset=offset))
     engine.apply(user, Interaction("u", "click", "i0", T0 + 10, offset=10))
     signals = engine.signals()
-    picks = {r for _ in range(50) for r in engine._neighbour_negative(user, signals, positive=5)}
+    picks = {
+        r
+        for _ in range(50)
+        for r in engine._neighbour_negative(user.engaged(RECENT_ITEMS), signals, positive=5)
+    }
     assert picks == {1, 2}
-    assert engine._neighbour_negative(engine.new_state(), signals, positive=5) == []
+    assert engine._neighbour_negative([], signals, positive=5) == []
