@@ -34,6 +34,8 @@ class CatalogueSnapshot:
     #: ``(n,)`` category code per row (``-1``: none); codes are stable for the catalogue's life.
     category_codes: npt.NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
     category_index: Mapping[str, int] = field(default_factory=dict)
+    #: ``(n,)`` each item's ``created_at`` (epoch ms; NaN: not given), for its age.
+    created_ms: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -47,6 +49,7 @@ class Catalogue:
         self.version = version
         self._matrix = np.zeros((capacity, dim), dtype=np.float32)
         self._active = np.zeros(capacity, dtype=np.bool_)
+        self._created = np.full(capacity, np.nan)
         self._ids: list[str] = []
         self._index: dict[str, int] = {}
         self.titles: dict[str, str] = {}
@@ -62,7 +65,14 @@ class Catalogue:
         return idx is not None and bool(self._active[idx])
 
     def upsert(
-        self, item_id: str, vec: Vector, *, version: str, title: str = "", category: str = ""
+        self,
+        item_id: str,
+        vec: Vector,
+        *,
+        version: str,
+        title: str = "",
+        category: str = "",
+        created_ms: float | None = None,
     ) -> int:
         """Insert or replace ``item_id``; return its row. Rejects another encoder's vectors."""
         if version != self.version:
@@ -83,6 +93,7 @@ class Catalogue:
             self._index[item_id] = idx
         self._matrix[idx] = vec
         self._active[idx] = True
+        self._created[idx] = np.nan if created_ms is None else float(created_ms)
         self.titles[item_id] = title
         self.categories[item_id] = category
         if category and category not in self._category_index:
@@ -136,6 +147,7 @@ class Catalogue:
                     dtype=np.intp,
                 ),
                 category_index=self._category_index,
+                created_ms=self._created[:n].copy(),
             )
         return self._snapshot
 
@@ -147,4 +159,6 @@ class Catalogue:
         matrix[: self._matrix.shape[0]] = self._matrix
         active = np.zeros(cap, dtype=np.bool_)
         active[: self._active.shape[0]] = self._active
-        self._matrix, self._active = matrix, active
+        created = np.full(cap, np.nan)
+        created[: self._created.shape[0]] = self._created
+        self._matrix, self._active, self._created = matrix, active, created

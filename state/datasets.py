@@ -42,6 +42,7 @@ class ReplayItem:
     body: str = ""
     category: str = ""
     tags: tuple[str, ...] = ()
+    created_ms: int | None = None  # ``created_at``, when the source gives it
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +156,7 @@ def _read_items(path: Path) -> list[ReplayItem]:
             str(doc.get("body") or ""),
             str(doc.get("category") or ""),
             tuple(str(t) for t in tags),
+            None if doc.get("created_at") is None else parse_ts_ms(doc["created_at"], where),
         )
     return list(items.values())
 

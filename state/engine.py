@@ -16,7 +16,13 @@ import numpy as np
 from state.catalogue import Catalogue
 from state.click_model import ClickModel
 from state.cooccurrence import CoOccurrence, collab_at
-from state.features import FEATURES, FeatureWeights, category_affinity, feature_stack
+from state.features import (
+    FEATURES,
+    FeatureWeights,
+    category_affinity,
+    feature_stack,
+    freshness,
+)
 from state.interest import (
     ENGAGED_TYPES,
     POSITIVE_TYPES,
@@ -66,6 +72,8 @@ class EngineConfig:
     #: The second time scale of popularity and co-occurrence: the click model learns how much
     #: the long run matters next to the trend (news lives for a day, a film for years).
     popularity_long_half_life_s: float = 30 * 24 * 3600.0
+    #: An item's freshness (a click-model feature) halves with every this much age.
+    item_age_half_life_s: float = 24 * 3600.0
     weights: BlendWeights = field(default_factory=BlendWeights)
     #: ``max_interests=1`` turns multi-interest ranking off (one blended vector per user).
     max_interests: int = 4
@@ -209,6 +217,11 @@ class Engine:
             self.cooccurrence.transition(n),
             self.popularity_long.normalised(n),
             self.cooccurrence_long.transition(n),
+            freshness(
+                snapshot.created_ms,
+                self.popularity_long.now_ms,
+                self.config.item_age_half_life_s * 1000.0,
+            ),
             self.shared_weights or (self.click.weights() if self.click is not None else None),
         )
 
@@ -319,6 +332,7 @@ class Engine:
             signals.popularity[at],
             signals.popularity_long[at],
             category_affinity(snapshot.category_codes, [shares], at[None, :])[0],
+            signals.fresh[at],
         )
         columns = feats.T.tolist()
         return [dict(zip(FEATURES, col, strict=True)) for col in columns]

@@ -86,7 +86,12 @@ def build_catalogue(
     catalogue = Catalogue(dim, version, capacity=max(len(items), 1))
     for item, vec in zip(items, vectors, strict=True):
         catalogue.upsert(
-            item.item_id, vec, version=version, title=item.title, category=item.category
+            item.item_id,
+            vec,
+            version=version,
+            title=item.title,
+            category=item.category,
+            created_ms=item.created_ms,
         )
     return catalogue
 

@@ -2,10 +2,11 @@
 
 One pure function builds them from the signals ranking already holds (content similarity,
 co-occurrence and popularity at two time scales each, the user's affinity for the item's
-category) plus pairwise products, so the click model's training rows (:mod:`state.engine`) and
-the ranker's re-ranking (:mod:`state.ranking`) can never disagree on what a feature means. The
-products let a linear model learn "popular *within* what this user reads" rather than
-"popular", which a blend of the raw signals cannot express.
+category, the item's freshness by its ``created_at``) plus pairwise products, so the click
+model's training rows (:mod:`state.engine`) and the ranker's re-ranking (:mod:`state.ranking`)
+can never disagree on what a feature means. The products let a linear model learn "popular
+*within* what this user reads" rather than "popular", which a blend of the raw signals cannot
+express.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float32]
 
 #: Base signals, each in [-1, 1] (content) or [0, 1] (the rest).
-BASE: Final = ("content", "collab", "collab_long", "popular", "popular_long", "category")
+BASE: Final = (
+    "content",
+    "collab",
+    "collab_long",
+    "popular",
+    "popular_long",
+    "category",
+    "fresh",
+)
 #: Pairwise products of base signals, as ``(name, left, right)``.
 PRODUCTS: Final = (
     ("content_x_popular", "content", "popular"),
@@ -29,6 +38,7 @@ PRODUCTS: Final = (
     ("content_x_collab", "content", "collab"),
     ("content_x_collab_long", "content", "collab_long"),
     ("category_x_popular_long", "category", "popular_long"),
+    ("content_x_fresh", "content", "fresh"),
 )
 FEATURES: Final = (*BASE, *(name for name, _, _ in PRODUCTS))
 _LEFT: Final = np.asarray([BASE.index(left) for _, left, _ in PRODUCTS], dtype=np.intp)
@@ -64,6 +74,7 @@ def feature_stack(
     popular: FloatArray,
     popular_long: FloatArray,
     category: FloatArray,
+    fresh: FloatArray,
 ) -> FloatArray:
     """``(len(FEATURES), *shape)``: the base signals (all the same shape) and their products.
 
@@ -71,16 +82,32 @@ def feature_stack(
     rows themselves.
 
     >>> one = np.ones(2, dtype=np.float32)
-    >>> feature_stack(one * 0.5, one, one, one * 0.2, one, one * 0).shape
-    (13, 2)
+    >>> feature_stack(one * 0.5, one, one, one * 0.2, one, one * 0, one).shape
+    (15, 2)
     """
-    base = np.stack([content, collab, collab_long, popular, popular_long, category]).astype(
+    base = np.stack([content, collab, collab_long, popular, popular_long, category, fresh]).astype(
         np.float32, copy=False
     )
     base[~np.isfinite(base)] = 0.0
     # Four array operations whatever the number of products: the click model's training rows
     # are a handful of items, where per-feature numpy calls were most of the cost.
     return np.concatenate([base, base[_LEFT] * base[_RIGHT]])
+
+
+def freshness(
+    created_ms: npt.NDArray[np.float64], now_ms: float, half_life_ms: float
+) -> FloatArray:
+    """Per item, ``2 ** (-age / half_life)`` at ``now_ms``; 0 for an unknown creation time.
+
+    An item created in the future (clock skew between producers) counts as brand new.
+
+    >>> freshness(np.array([0.0, 500.0, np.nan, 2000.0]), 1000.0, 500.0)
+    array([0.25, 0.5 , 0.  , 1.  ], dtype=float32)
+    """
+    age = np.maximum(now_ms - created_ms, 0.0)
+    with np.errstate(invalid="ignore"):
+        out = np.exp2(-age / half_life_ms)
+    return np.nan_to_num(out, nan=0.0).astype(np.float32)
 
 
 def category_affinity(

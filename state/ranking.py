@@ -115,6 +115,8 @@ class Signals:
     transition: sp.csr_matrix  # (n, n) co-occurrence, row-normalised
     popularity_long: FloatVector  # (n,) in [0, 1], a longer half-life
     transition_long: sp.csr_matrix  # co-occurrence with that longer half-life
+    #: ``(n,)`` in [0, 1]: each item's freshness by its age at the newest event (0: unknown).
+    fresh: FloatVector
     #: The click model's re-ranking weights (:mod:`state.features`); None: the blend's order.
     weights: FeatureWeights | None = None
 
@@ -382,6 +384,7 @@ class Ranker:
             signals.popularity[chosen],
             signals.popularity_long[chosen],
             np.take_along_axis(affinity, best, axis=1),
+            signals.fresh[chosen],
         )
         rescored = np.einsum("f,fbk->bk", weights.array(), feats)
         return np.where(np.isfinite(top_score), rescored, -np.inf).astype(np.float32)

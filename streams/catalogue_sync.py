@@ -110,6 +110,7 @@ class CatalogueSync:
                 version=record.model_version,
                 title=record.title,
                 category=record.category,
+                created_ms=record.created_at_ms,
             )
         except (VectorRecordError, CatalogueVersionError, ValueError, KeyError) as exc:
             # Vectors of another encoder version are expected during a roll-out: skip them.

@@ -11,6 +11,7 @@ holds) and resumed from there after a restart.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -56,6 +57,12 @@ def restore(engine: Engine, data_dir: Path) -> bool:
     return True
 
 
+def _write_atomic(path: Path, payload: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(payload)
+    tmp.replace(path)  # atomic: a crash never leaves half a checkpoint
+
+
 class ClickSync(Periodic):
     """Periodic checkpoint and weight sharing; see the module docstring."""
 
@@ -79,10 +86,10 @@ class ClickSync(Periodic):
 
     async def stop(self) -> None:
         await super().stop()
-        self.checkpoint()
+        await self.checkpoint()
 
     async def tick(self) -> None:
-        self.checkpoint()
+        await self.checkpoint()
         await self._report_drift()
         await self.sync_once()
 
@@ -102,14 +109,14 @@ class ClickSync(Periodic):
             }
         )
 
-    def checkpoint(self) -> None:
+    async def checkpoint(self) -> None:
+        """Serialise the model on the loop (where it learns: a consistent copy), write the
+        file on a thread (a slow disk must not stall consumer heartbeats)."""
         click = self.engine.click
         if click is None:
             return
-        path = self.data_dir / "click-model.ckpt"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(click.to_bytes(_key(self.data_dir)))
-        tmp.replace(path)  # atomic: a crash never leaves half a checkpoint
+        payload = click.to_bytes(_key(self.data_dir))
+        await asyncio.to_thread(_write_atomic, self.data_dir / "click-model.ckpt", payload)
 
     async def sync_once(self) -> FeatureWeights | None:
         """Publish this worker's weights, adopt the mean over all replicas; return it."""

@@ -13,7 +13,7 @@ from state.catalogue import Catalogue
 from state.click_model import WARMUP_EXAMPLES, CheckpointError, ClickModel
 from state.engine import CLICK_WINDOW_MS, Engine, EngineConfig, Interaction
 from state.features import FEATURES, feature_stack
-from streams.click_sync import ClickSync
+from streams.click_sync import ClickSync, restore
 
 T0 = 1_767_225_600_000
 
@@ -46,7 +46,7 @@ def test_an_interaction_feature_learns_popular_within_the_users_interest() -> No
     model = ClickModel()
     for _ in range(WARMUP_EXAMPLES * 8):
         c, p = rng.random(), rng.random()
-        f = feature_stack(*(np.float32([v]) for v in (c, 0.0, 0.0, p, p, 0.0)))[:, 0]
+        f = feature_stack(*(np.float32([v]) for v in (c, 0.0, 0.0, p, p, 0.0, 0.0)))[:, 0]
         model.learn_one(dict(zip(FEATURES, f.tolist(), strict=True)), rng.random() < c * p)
     learned = model.weights()
     assert learned is not None
@@ -56,7 +56,7 @@ def test_an_interaction_feature_learns_popular_within_the_users_interest() -> No
     grid = [(0.9, 0.9), (0.9, 0.1), (0.1, 0.9)]
     c, p = (np.float32([g[i] for g in grid]) for i in (0, 1))
     zero = np.zeros(len(grid), dtype=np.float32)
-    feats = feature_stack(c, zero, zero, p, p, zero)
+    feats = feature_stack(c, zero, zero, p, p, zero, zero)
     scores = learned.array() @ feats
     assert scores[0] > scores[1] and scores[0] > scores[2]
 
@@ -101,6 +101,39 @@ async def test_drift_goes_to_the_drift_topic_once_per_sync(tmp_path: Path) -> No
     await sync._report_drift()
     await sync._report_drift()
     assert len(sent) == 1 and sent[0]["drifts"] == 2 and sent[0]["model_version"] == "v1"
+
+
+async def test_a_checkpoint_written_by_the_sync_is_what_a_restart_resumes_from(
+    tmp_path: Path,
+) -> None:
+    engine = Engine(Catalogue(4, "v1"))
+    assert engine.click is not None
+    for j in range(WARMUP_EXAMPLES):
+        engine.click.learn_pair({"collab": 1.0, "content": j % 3}, {"collab": 0.0})
+    await ClickSync(cast(Any, None), engine, tmp_path, 1.0).checkpoint()
+    restarted = Engine(Catalogue(4, "v1"))
+    assert restore(restarted, tmp_path)
+    assert restarted.click is not None and restarted.click.weights() == engine.click.weights()
+    assert _names(tmp_path) == ["click-model.ckpt", "click-model.key"]  # no .tmp left
+
+
+def _names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_an_items_age_is_a_feature_ranking_and_learning_read_alike() -> None:
+    catalogue = Catalogue(2, "v1")
+    day = 24 * 3600 * 1000
+    catalogue.upsert("new", np.float32([1.0, 0.0]), version="v1", created_ms=T0)
+    catalogue.upsert("old", np.float32([1.0, 0.0]), version="v1", created_ms=T0 - 2 * day)
+    catalogue.upsert("undated", np.float32([0.0, 1.0]), version="v1")
+    engine = Engine(catalogue)
+    state = engine.new_state()
+    engine.apply(state, Interaction("u", "click", "undated", T0, offset=0))
+    signals = engine.signals()
+    assert signals.fresh.tolist() == [1.0, 0.25, 0.0]  # one-day half-life; unknown: 0
+    feats = engine._features(state, state.engaged(10), signals, [0, 1, 2])
+    assert [f["fresh"] for f in feats] == [1.0, 0.25, 0.0]
 
 
 def test_pairwise_learning_orders_the_clicked_item_above_the_skipped_one() -> None:
