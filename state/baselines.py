@@ -450,8 +450,11 @@ def make_methods(
     out: list[Recommender] = []
     for name in names:
         if name == "streamrec+groups":
+            # Its own engine: group ids are click-model features, and the other variants' users
+            # must not get them from this method's assignments.
+            grouped = SharedEngine(catalogue, config)
             out.append(
-                GroupServingRecommender(EngineRecommender("streamrec", shared, config.weights))
+                GroupServingRecommender(EngineRecommender("streamrec", grouped, config.weights))
             )
         elif name in SINGLE_INTEREST_VARIANTS:
             single = single or SharedEngine(catalogue, replace(config, max_interests=1))

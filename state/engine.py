@@ -36,7 +36,15 @@ from state.interest import (
 )
 from state.multi_interest import InterestConfig, active_interests, update_interests
 from state.popularity import Popularity
-from state.ranking import BlendWeights, CandidateIndex, Ranked, Ranker, RankRequest, Signals
+from state.ranking import (
+    BlendWeights,
+    CandidateIndex,
+    Ranked,
+    Ranker,
+    RankRequest,
+    Signals,
+    group_rows,
+)
 
 #: Recent engaged items (positives and views) that feed co-occurrence, the collaborative score
 #: and explanations. Measured on MovieLens-100K (30-day co-occurrence alone, a dense replay of
@@ -116,6 +124,8 @@ class Engine:
         self.popularity_long = Popularity(self.config.popularity_long_half_life_s)
         self.cooccurrence = CoOccurrence(self.config.popularity_half_life_s)
         self.cooccurrence_long = CoOccurrence(self.config.popularity_long_half_life_s)
+        #: Per user group, popularity among its users (long half-life): the group feature.
+        self.group_popularity: dict[str, Popularity] = {}
         self.ranker = Ranker(self.config.weights, index)
         self._interests = self.config.interests
         self.click: ClickModel | None = ClickModel() if self.config.click_model else None
@@ -167,6 +177,8 @@ class Engine:
             if row is not None:
                 self.popularity.add(row, entry.weight, event.ts_ms)
                 self.popularity_long.add(row, entry.weight, event.ts_ms)
+                if state.group:
+                    self._group_popularity(state.group).add(row, entry.weight, event.ts_ms)
                 if entry.event_type in ENGAGED_TYPES:
                     previous = [r for r in recent if r is not None]
                     self.cooccurrence.observe(previous, row, event.ts_ms)
@@ -179,6 +191,13 @@ class Engine:
             )
         return True
 
+    def _group_popularity(self, group: str) -> Popularity:
+        found = self.group_popularity.get(group)
+        if found is None:
+            found = Popularity(self.config.popularity_long_half_life_s)
+            self.group_popularity[group] = found
+        return found
+
     def request(self, user_id: str, state: UserState) -> RankRequest:
         """What ranking needs from ``state``."""
         self._ensure_version(state)
@@ -189,6 +208,7 @@ class Engine:
             recent=recency_weighted(state.engaged(RECENT_ITEMS)),
             interests=self._active(state),
             categories=self._category_shares(state),
+            group=state.group,
         )
 
     def _category_shares(self, state: UserState) -> dict[str, float]:
@@ -210,6 +230,8 @@ class Engine:
         """Freeze what ranking reads (catalogue, popularity, co-occurrence, weights) as of now."""
         snapshot = self.catalogue.snapshot()
         n = len(snapshot)
+        groups = sorted(self.group_popularity)
+        by_group = [self.group_popularity[g].normalised(n) for g in groups]
         return Signals(
             snapshot,
             self.popularity.normalised(n),
@@ -222,6 +244,8 @@ class Engine:
                 self.popularity_long.now_ms,
                 self.config.item_age_half_life_s * 1000.0,
             ),
+            np.stack([*by_group, np.zeros(n, dtype=np.float32)]),
+            {g: i for i, g in enumerate(groups)},
             self.shared_weights or (self.click.weights() if self.click is not None else None),
         )
 
@@ -333,6 +357,7 @@ class Engine:
             signals.popularity_long[at],
             category_affinity(snapshot.category_codes, [shares], at[None, :])[0],
             signals.fresh[at],
+            signals.group_popular[group_rows(signals, [state.group])[0], at],
         )
         columns = feats.T.tolist()
         return [dict(zip(FEATURES, col, strict=True)) for col in columns]

@@ -2,11 +2,11 @@
 
 One pure function builds them from the signals ranking already holds (content similarity,
 co-occurrence and popularity at two time scales each, the user's affinity for the item's
-category, the item's freshness by its ``created_at``) plus pairwise products, so the click
-model's training rows (:mod:`state.engine`) and the ranker's re-ranking (:mod:`state.ranking`)
-can never disagree on what a feature means. The products let a linear model learn "popular
-*within* what this user reads" rather than "popular", which a blend of the raw signals cannot
-express.
+category, the item's freshness by its ``created_at``, its popularity within the user's group)
+plus pairwise products, so the click model's training rows (:mod:`state.engine`) and the
+ranker's re-ranking (:mod:`state.ranking`) can never disagree on what a feature means. The
+products let a linear model learn "popular *within* what this user reads" rather than
+"popular", which a blend of the raw signals cannot express.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ BASE: Final = (
     "popular_long",
     "category",
     "fresh",
+    "group",
 )
 #: Pairwise products of base signals, as ``(name, left, right)``.
 PRODUCTS: Final = (
@@ -75,6 +76,7 @@ def feature_stack(
     popular_long: FloatArray,
     category: FloatArray,
     fresh: FloatArray,
+    group: FloatArray,
 ) -> FloatArray:
     """``(len(FEATURES), *shape)``: the base signals (all the same shape) and their products.
 
@@ -82,12 +84,12 @@ def feature_stack(
     rows themselves.
 
     >>> one = np.ones(2, dtype=np.float32)
-    >>> feature_stack(one * 0.5, one, one, one * 0.2, one, one * 0, one).shape
-    (15, 2)
+    >>> feature_stack(one * 0.5, one, one, one * 0.2, one, one * 0, one, one).shape
+    (16, 2)
     """
-    base = np.stack([content, collab, collab_long, popular, popular_long, category, fresh]).astype(
-        np.float32, copy=False
-    )
+    base = np.stack(
+        [content, collab, collab_long, popular, popular_long, category, fresh, group]
+    ).astype(np.float32, copy=False)
     base[~np.isfinite(base)] = 0.0
     # Four array operations whatever the number of products: the click model's training rows
     # are a handful of items, where per-feature numpy calls were most of the cost.

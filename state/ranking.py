@@ -8,7 +8,7 @@ protocol for catalogues far beyond 10k items) plus the best collaborative and po
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, cast
 
@@ -117,6 +117,10 @@ class Signals:
     transition_long: sp.csr_matrix  # co-occurrence with that longer half-life
     #: ``(n,)`` in [0, 1]: each item's freshness by its age at the newest event (0: unknown).
     fresh: FloatVector
+    #: ``(groups + 1, n)`` in [0, 1]: decayed popularity within each user group (the last row,
+    #: zeros, for users without one); ``group_index`` maps group ids to rows.
+    group_popular: FloatMatrix
+    group_index: Mapping[str, int]
     #: The click model's re-ranking weights (:mod:`state.features`); None: the blend's order.
     weights: FeatureWeights | None = None
 
@@ -133,6 +137,7 @@ class RankRequest:
     interests: list[tuple[Vector, float]] = field(default_factory=list)
     #: Category -> share of the user's recent positives (the click model's category affinity).
     categories: dict[str, float] = field(default_factory=dict)
+    group: str = ""  # the user's group (``sr:user:{u}`` ``group``); "" for none
 
 
 @dataclass(slots=True)
@@ -340,7 +345,10 @@ class Ranker:
         pool_score = np.take_along_axis(score, pool, axis=1)
         pool_score[:, m:][np.take_along_axis(in_head, extra, axis=1) | ~eligible] = -np.inf
         _mask_duplicates(pool, pool_score)
-        learned = self._rerank(signals, signals.weights, rows, pool, sims, cf, affinity, pool_score)
+        groups = group_rows(signals, [r.group for r in requests])
+        learned = self._rerank(
+            signals, signals.weights, rows, pool, sims, cf, affinity, groups, pool_score
+        )
         pick = np.argsort(-learned, axis=1, kind="stable")[:, :m]
         head, head_score = (
             np.take_along_axis(pool, pick, axis=1),
@@ -369,12 +377,14 @@ class Ranker:
         sims: FloatMatrix,
         cf: tuple[FloatMatrix, FloatMatrix],
         affinity: FloatMatrix,
+        groups: IndexMatrix,
         top_score: FloatMatrix,
     ) -> FloatMatrix:
         """Click-model scores of the chosen candidates (``-inf`` stays ``-inf``).
 
         ``sims``, ``cf`` and ``affinity`` (the user's share of the category) are per candidate
-        (``rows``' shape); ``best`` picks the columns to score.
+        (``rows``' shape); ``groups`` is each user's row of ``signals.group_popular``, ``(b, 1)``;
+        ``best`` picks the columns to score.
         """
         chosen = np.maximum(np.take_along_axis(rows, best, axis=1), 0)
         feats = feature_stack(
@@ -385,6 +395,7 @@ class Ranker:
             signals.popularity_long[chosen],
             np.take_along_axis(affinity, best, axis=1),
             signals.fresh[chosen],
+            signals.group_popular[groups, chosen],
         )
         rescored = np.einsum("f,fbk->bk", weights.array(), feats)
         return np.where(np.isfinite(top_score), rescored, -np.inf).astype(np.float32)
@@ -500,6 +511,12 @@ def _below(tail: FloatMatrix, head: FloatMatrix) -> FloatMatrix:
     fin_tail = np.where(np.isfinite(tail), tail, -np.inf).max(axis=1, keepdims=True)
     shift = np.where(np.isfinite(fin_head) & np.isfinite(fin_tail), fin_head - fin_tail - 1, 0)
     return (tail + shift).astype(np.float32)
+
+
+def group_rows(signals: Signals, groups: Sequence[str]) -> IndexMatrix:
+    """``(len(groups), 1)``: each user's row of ``signals.group_popular`` (the zeros row: none)."""
+    none = len(signals.group_popular) - 1
+    return np.asarray([signals.group_index.get(g, none) for g in groups], dtype=np.intp)[:, None]
 
 
 def _gather(matrix: sp.csr_matrix, users: IndexMatrix, rows: IndexMatrix) -> FloatMatrix:

@@ -62,6 +62,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         interest_half_life_s=settings.interest_half_life_s,
         popularity_half_life_s=settings.popularity_half_life_s,
         popularity_long_half_life_s=settings.popularity_long_half_life_s,
+        item_age_half_life_s=settings.item_age_half_life_s,
         weights=BlendWeights(
             settings.weight_content, settings.weight_collab, settings.weight_popular
         ),

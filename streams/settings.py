@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     popularity_half_life_s: float = Field(24 * 3600.0, gt=0)
     #: The click model's second time scale for popularity and co-occurrence.
     popularity_long_half_life_s: float = Field(30 * 24 * 3600.0, gt=0)
+    #: An item's freshness (a click-model feature) halves with every this much age.
+    item_age_half_life_s: float = Field(24 * 3600.0, gt=0)
     max_interests: int = Field(4, ge=1, le=16)  # interest centroids per user; 1 turns it off
     groups: int = Field(16, ge=0, le=1024)  # user groups (online k-means); 0 turns them off
     groups_sync_s: float = Field(5.0, gt=0)

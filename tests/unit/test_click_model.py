@@ -12,7 +12,7 @@ import pytest
 from state.catalogue import Catalogue
 from state.click_model import WARMUP_EXAMPLES, CheckpointError, ClickModel
 from state.engine import CLICK_WINDOW_MS, Engine, EngineConfig, Interaction
-from state.features import FEATURES, feature_stack
+from state.features import FEATURES, FeatureWeights, feature_stack
 from streams.click_sync import ClickSync, restore
 
 T0 = 1_767_225_600_000
@@ -46,7 +46,7 @@ def test_an_interaction_feature_learns_popular_within_the_users_interest() -> No
     model = ClickModel()
     for _ in range(WARMUP_EXAMPLES * 8):
         c, p = rng.random(), rng.random()
-        f = feature_stack(*(np.float32([v]) for v in (c, 0.0, 0.0, p, p, 0.0, 0.0)))[:, 0]
+        f = feature_stack(*(np.float32([v]) for v in (c, 0.0, 0.0, p, p, 0.0, 0.0, 0.0)))[:, 0]
         model.learn_one(dict(zip(FEATURES, f.tolist(), strict=True)), rng.random() < c * p)
     learned = model.weights()
     assert learned is not None
@@ -56,7 +56,7 @@ def test_an_interaction_feature_learns_popular_within_the_users_interest() -> No
     grid = [(0.9, 0.9), (0.9, 0.1), (0.1, 0.9)]
     c, p = (np.float32([g[i] for g in grid]) for i in (0, 1))
     zero = np.zeros(len(grid), dtype=np.float32)
-    feats = feature_stack(c, zero, zero, p, p, zero, zero)
+    feats = feature_stack(c, zero, zero, p, p, zero, zero, zero)
     scores = learned.array() @ feats
     assert scores[0] > scores[1] and scores[0] > scores[2]
 
@@ -134,6 +134,30 @@ def test_an_items_age_is_a_feature_ranking_and_learning_read_alike() -> None:
     assert signals.fresh.tolist() == [1.0, 0.25, 0.0]  # one-day half-life; unknown: 0
     feats = engine._features(state, state.engaged(10), signals, [0, 1, 2])
     assert [f["fresh"] for f in feats] == [1.0, 0.25, 0.0]
+
+
+def test_popularity_within_the_users_group_is_a_feature_of_learning_and_ranking() -> None:
+    catalogue = Catalogue(2, "v1")
+    for j in range(6):
+        catalogue.upsert(f"i{j}", np.float32([1.0, j / 10]) / np.hypot(1.0, j / 10), version="v1")
+    engine = Engine(catalogue)
+    fans = [engine.new_state() for _ in range(3)]
+    for n, state in enumerate(fans):
+        state.group = "3"
+        engine.apply(state, Interaction(f"fan{n}", "like", "i5", T0 + n, offset=n))
+    loner = engine.new_state()
+    engine.apply(loner, Interaction("loner", "click", "i0", T0 + 9, offset=9))
+    signals = engine.signals()
+    newcomer = engine.new_state()
+    newcomer.group = "3"
+    newcomer.vec = np.float32([1.0, 0.0])
+    assert [f["group"] for f in engine._features(newcomer, [], signals, [5, 0])] == [1.0, 0.0]
+    assert [f["group"] for f in engine._features(loner, [], signals, [5, 0])] == [0.0, 0.0]
+    # Ranking reads the same feature: weights on it alone put the group's favourite first.
+    engine.shared_weights = FeatureWeights.of({"group": 1.0, "content": 0.01})
+    ranked = engine.rank([("newcomer", newcomer), ("loner", loner)], 3)
+    assert ranked[0].items[0][0] == "i5"
+    assert ranked[1].items[0][0] != "i5"
 
 
 def test_pairwise_learning_orders_the_clicked_item_above_the_skipped_one() -> None:
