@@ -7,6 +7,7 @@ file reading, no encoder, no broker.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.metadata
 import math
@@ -134,14 +135,38 @@ def _json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             yield where, doc
 
 
-def _feedback_type(label: object) -> str | None:
-    """Event type for a feedback label: like/dislike, a 1-5 rating, or a served outcome."""
+#: Outcomes of a served recommendation, as event types (an ignored one is an impression: the
+#: click model's negative for the user's next engagement).
+OUTCOMES: Final = {
+    "clicked": "click",
+    "liked": "like",
+    "disliked": "dislike",
+    "shared": "share",
+    "hidden": "hide",
+    "ignored": "impression",
+    "skipped": "impression",
+}
+
+
+def feedback_type(label: object) -> str | None:
+    """Event type for a feedback label: like/dislike, a 1-5 rating, or a served outcome.
+
+    The workers' feedback agent and the replay map labels alike; ``None``: not a label.
+
+    >>> [feedback_type(x) for x in (5, "2", 3.0, "Liked", "ignored", "click", "meh", "nan")]
+    ['like', 'dislike', 'view', 'like', 'impression', 'click', None, None]
+    """
+    if isinstance(label, str):
+        with contextlib.suppress(ValueError):
+            label = float(label)  # a rating sent as text
     if isinstance(label, int | float) and not isinstance(label, bool):
+        if not math.isfinite(label):
+            return None
         return "like" if label >= 4 else "dislike" if label <= 2 else "view"
     text = str(label).lower()
     if text in EVENT_TYPES:
         return text
-    return {"clicked": "click", "liked": "like", "disliked": "dislike"}.get(text)
+    return OUTCOMES.get(text)
 
 
 def _read_items(path: Path) -> list[ReplayItem]:
@@ -186,7 +211,7 @@ def _read_events(path: Path) -> list[ReplayEvent]:
 def _read_feedback(path: Path) -> list[ReplayEvent]:
     events: list[ReplayEvent] = []
     for where, doc in _json_lines(path):
-        etype = _feedback_type(doc.get("label"))
+        etype = feedback_type(doc.get("label"))
         if etype is None or not doc.get("user_id") or not doc.get("item_id"):
             continue  # outcome labels we cannot map carry no interest signal
         ts = parse_ts_ms(doc.get("ts"), where)

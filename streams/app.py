@@ -22,10 +22,19 @@ from faust.web import Request, Response, View
 from state.groups import GroupConfig
 from streams.catalogue_sync import CatalogueSync
 from streams.click_sync import ClickSync, restore
+from streams.feedback import FeedbackForwarder
 from streams.gap_repair import GapRepair, Record
 from streams.groups_sync import GroupsSync
 from streams.processor import EventProcessor, ItemProcessor, Stats
-from streams.records import DEAD_LETTERS, EVENTS, ITEM_VECTORS, ITEMS, MODEL_DRIFT, Limits
+from streams.records import (
+    DEAD_LETTERS,
+    EVENTS,
+    FEEDBACK,
+    ITEM_VECTORS,
+    ITEMS,
+    MODEL_DRIFT,
+    Limits,
+)
 from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.stall_watch import StallWatch
@@ -118,6 +127,7 @@ class StreamrecApp:
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.events_topic = self.app.topic(settings.topic(EVENTS), **raw)
         self.items_topic = self.app.topic(settings.topic(ITEMS), **raw)
+        self.feedback_topic = self.app.topic(settings.topic(FEEDBACK), **raw)
         self.vectors_topic = self.app.topic(
             settings.topic(ITEM_VECTORS), partitions=settings.partitions, compacting=True, **raw
         )
@@ -170,6 +180,7 @@ class StreamrecApp:
 
         self.events_agent = app.agent(self.events_topic, name="events")(self._events)
         self.items_agent = app.agent(self.items_topic, name="items")(self._items)
+        self.feedback_agent = app.agent(self.feedback_topic, name="feedback")(self._feedback)
 
         @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
         async def heartbeat_stats() -> None:
@@ -319,6 +330,21 @@ class StreamrecApp:
                 await processor.process(batch)
             except Exception as exc:
                 await processor.dead.fail_batch(batch, exc)
+
+    async def _feedback(self, stream: faust.StreamT[Any]) -> None:
+        """The feedback agent: labels forwarded to ``events`` (see :mod:`streams.feedback`)."""
+        forwarder = FeedbackForwarder(
+            self.events_topic,
+            self.dead_letters,
+            self.limits,
+            self.stats,
+            self.feedback_topic.get_topic_name(),
+        )
+        async for batch in cast(faust.Stream[Any], stream).take_events(256, within=0.2):
+            try:
+                await forwarder.process(batch)
+            except Exception as exc:  # an escaping exception would ack the batch silently
+                await forwarder.dead.fail_batch(batch, exc)
 
     def _register_pages(self) -> None:
         app = self.app

@@ -42,7 +42,7 @@ def make_engine(settings: Settings, dim: int, version: str) -> Engine:
             interest_half_life_s=settings.interest_half_life_s,
             popularity_half_life_s=settings.popularity_half_life_s,
             popularity_long_half_life_s=settings.popularity_long_half_life_s,
-        item_age_half_life_s=settings.item_age_half_life_s,
+            item_age_half_life_s=settings.item_age_half_life_s,
             weights=BlendWeights(
                 settings.weight_content, settings.weight_collab, settings.weight_popular
             ),

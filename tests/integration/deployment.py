@@ -126,6 +126,16 @@ class Deployment:
             producer.close()
         return counts
 
+    def publish(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> None:
+        """Publish raw ``(key, value)`` records to the deployment's ``topic``."""
+        producer = make_producer([self.bootstrap])
+        try:
+            for key, value in records:
+                producer.send(self.topic(topic), key=key, value=value)
+            producer.flush()
+        finally:
+            producer.close()
+
     def user_events(self, users: Iterable[str]) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)
         ordered = list(users)

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from deployment import Deployment
 
+from streams.records import FEEDBACK
 from streams.synthetic import SyntheticWorld, events, make_world
 
 WORLD = make_world(n_items=320, n_users=40, seed=5)
@@ -101,6 +102,46 @@ def test_bad_records_land_in_dead_letters_while_good_events_flow(deployment: Dep
         assert int(headers["x-source-offset"]) >= 0 and headers["x-error-message"]
     assert worker.proc is not None and worker.proc.poll() is None
     assert worker.stats()["dead_letters"] == len(corpus)
+
+
+@pytest.mark.slow
+def test_feedback_labels_reach_their_user_as_events_and_bad_ones_dead_letters(
+    deployment: Deployment,
+) -> None:
+    worker = deployment.start_worker()
+    deployment.publish_world(WORLD)
+    counts = deployment.publish_events(events(WORLD, 200, seed=23))
+    assert deployment.wait_counts(counts) == dict(counts)
+    user = next(iter(counts))
+    shown = deployment.top(user, 20)
+    liked, rated, ignored = shown[0], shown[1], shown[2]
+    ts = 1_767_225_600_000 + 10**7
+    labels = [(liked, "like"), (rated, 2), (ignored, "ignored")]
+    good = [
+        orjson.dumps({"user_id": user, "item_id": item, "label": label, "ts": ts + n})
+        for n, (item, label) in enumerate(labels)
+    ]
+    bad = [
+        (
+            orjson.dumps({"user_id": user, "item_id": liked, "label": "meh", "ts": ts}),
+            "unknown_label",
+        ),
+        (b'{"user_id": "' + user.encode() + b'", "label": NaN}', "malformed_json"),
+        (orjson.dumps({"user_id": user, "label": "like", "ts": ts}), "missing_field"),
+    ]
+    deployment.publish(FEEDBACK, [(user.encode(), v) for v in [*good, *(v for v, _ in bad)]])
+    expected = Counter({user: counts[user] + len(good)})
+    assert deployment.wait_counts(expected) == dict(expected)
+    top = deployment.top(user, 20)
+    # The like and the rating are consumed now; an ignored recommendation is only a negative.
+    assert liked not in top and rated not in top
+    letters = deployment.dead_letters(len(bad))
+    by_value = {bytes(r.value): dict(r.headers) for r in letters}
+    for value, kind in bad:
+        assert by_value[value]["x-error-class"].decode() == kind
+        assert by_value[value]["x-source-topic"].decode() == deployment.topic(FEEDBACK)
+    stats = worker.stats()
+    assert stats["feedback_forwarded"] == len(good) and stats["dead_letters"] == len(bad)
 
 
 @pytest.mark.slow
