@@ -122,7 +122,14 @@ class ReplayCoOccurrence(CoOccurrence):
 def to_interaction(event: ReplayEvent, offset: int) -> Interaction:
     """The engine's view of a replayed event; ``offset`` is its position in the replay."""
     return Interaction(
-        event.user_id, event.type, event.item_id, event.ts_ms, event.dwell_ms, 0, offset
+        event.user_id,
+        event.type,
+        event.item_id,
+        event.ts_ms,
+        event.dwell_ms,
+        0,
+        offset,
+        event.position,
     )
 
 

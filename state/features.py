@@ -2,11 +2,11 @@
 
 One pure function builds them from the signals ranking already holds (content similarity,
 co-occurrence and popularity at two time scales each, the user's affinity for the item's
-category, the item's freshness by its ``created_at``, its popularity within the user's group)
-plus pairwise products, so the click model's training rows (:mod:`state.engine`) and the
-ranker's re-ranking (:mod:`state.ranking`) can never disagree on what a feature means. The
-products let a linear model learn "popular *within* what this user reads" rather than
-"popular", which a blend of the raw signals cannot express.
+category, the item's freshness by its ``created_at``, its popularity within the user's group,
+where it was shown) plus pairwise products, so the click model's training rows
+(:mod:`state.engine`) and the ranker's re-ranking (:mod:`state.ranking`) can never disagree on
+what a feature means. The products let a linear model learn "popular *within* what this user
+reads" rather than "popular", which a blend of the raw signals cannot express.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ BASE: Final = (
     "category",
     "fresh",
     "group",
+    "position",
 )
 #: Pairwise products of base signals, as ``(name, left, right)``.
 PRODUCTS: Final = (
@@ -77,6 +78,7 @@ def feature_stack(
     category: FloatArray,
     fresh: FloatArray,
     group: FloatArray,
+    position: FloatArray,
 ) -> FloatArray:
     """``(len(FEATURES), *shape)``: the base signals (all the same shape) and their products.
 
@@ -84,16 +86,29 @@ def feature_stack(
     rows themselves.
 
     >>> one = np.ones(2, dtype=np.float32)
-    >>> feature_stack(one * 0.5, one, one, one * 0.2, one, one * 0, one, one).shape
-    (16, 2)
+    >>> feature_stack(one * 0.5, one, one, one * 0.2, one, one * 0, one, one, one).shape
+    (17, 2)
     """
     base = np.stack(
-        [content, collab, collab_long, popular, popular_long, category, fresh, group]
+        [content, collab, collab_long, popular, popular_long, category, fresh, group, position]
     ).astype(np.float32, copy=False)
     base[~np.isfinite(base)] = 0.0
     # Four array operations whatever the number of products: the click model's training rows
     # are a handful of items, where per-feature numpy calls were most of the cost.
     return np.concatenate([base, base[_LEFT] * base[_RIGHT]])
+
+
+def shown_at(position: int | None) -> float:
+    """The ``position`` feature: ``1 / (1 + place)`` of where an item was shown (0: the top).
+
+    Ranking scores every candidate as if shown at the top (1.0), and so does an example whose
+    place is unknown: only impressions with a known place teach the model how much being shown
+    higher earns a click, which keeps that position bias out of the other weights.
+
+    >>> shown_at(0), shown_at(3), shown_at(None)
+    (1.0, 0.25, 1.0)
+    """
+    return 1.0 if position is None else 1.0 / (1.0 + position)
 
 
 def freshness(

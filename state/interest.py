@@ -85,6 +85,27 @@ def normalised(vec: Vector) -> Vector:
     return (vec / norm).astype(np.float32, copy=False)
 
 
+#: The largest ``context.position`` an event may carry (a place in a list; 0 is the top).
+MAX_POSITION: Final = 10_000
+
+
+def context_position(context: object) -> int | None:
+    """Where an event's item was shown, from its ``context.position`` (``None``: not given).
+
+    Raises :class:`ValueError` for a position that is not an integer in [0, MAX_POSITION].
+
+    >>> context_position({"position": 2, "page": "home"}), context_position(None)
+    (2, None)
+    """
+    if not isinstance(context, dict) or context.get("position") is None:
+        return None
+    place = context["position"]
+    if isinstance(place, bool) or not isinstance(place, int) or not 0 <= place <= MAX_POSITION:
+        shown = repr(place)[:40]
+        raise ValueError(f"context.position must be an integer in [0, {MAX_POSITION}], got {shown}")
+    return place
+
+
 @dataclass(slots=True)
 class HistoryEntry:
     """One applied interaction, kept so explanations and re-embedding can refer back to it."""

@@ -396,6 +396,7 @@ class Ranker:
             np.take_along_axis(affinity, best, axis=1),
             signals.fresh[chosen],
             signals.group_popular[groups, chosen],
+            np.ones(chosen.shape, dtype=np.float32),  # every candidate as if at the top
         )
         rescored = np.einsum("f,fbk->bk", weights.array(), feats)
         return np.where(np.isfinite(top_score), rescored, -np.inf).astype(np.float32)

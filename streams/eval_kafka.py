@@ -22,9 +22,10 @@ import orjson
 import redis
 from tqdm import tqdm
 
+from state.baselines import to_interaction
 from state.catalogue import Catalogue
 from state.datasets import ImpressionList, Replay, ReplayEvent, is_test_positive
-from state.engine import Engine, EngineConfig, Interaction
+from state.engine import Engine, EngineConfig
 from state.evaluation import build_catalogue
 from state.interest import CONSUMED_TYPES, UserState
 from state.redis_store import Keys
@@ -80,9 +81,7 @@ class WorkerMirror:
 
     def apply(self, event: ReplayEvent, offset: int) -> None:
         state = self.states.setdefault(event.user_id, self.engine.new_state())
-        interaction = Interaction(
-            event.user_id, event.type, event.item_id, event.ts_ms, event.dwell_ms, 0, offset
-        )
+        interaction = to_interaction(event, offset)
         self.engine.apply(state, interaction)
         ranked = self.engine.rank([(event.user_id, state)], self.top_k)[0]
         self.lists[event.user_id] = [i for i, _ in ranked.items]
@@ -133,11 +132,15 @@ def _event_json(event: ReplayEvent, offset: int) -> bytes:
         doc["item_id"] = event.item_id
     if event.dwell_ms is not None:
         doc["dwell_ms"] = event.dwell_ms
+    if event.position is not None:
+        doc["context"] = {"position": event.position}
     return orjson.dumps(doc)
 
 
 def _item_json(item: Any) -> bytes:
     doc = {"item_id": item.item_id, "title": item.title, "category": item.category}
+    if item.created_ms is not None:
+        doc["created_at"] = item.created_ms
     if item.body:
         doc["body"] = item.body
     if item.tags:

@@ -446,6 +446,7 @@ class EventProcessor:
             record.dwell_ms,
             message.partition,
             message.offset,
+            record.position,
         )
         try:
             applied = self.engine.apply(pending.state, interaction)

@@ -15,7 +15,7 @@ from typing import Any, Final
 import faust
 import orjson
 
-from state.interest import EVENT_TYPES
+from state.interest import EVENT_TYPES, context_position
 
 #: Logical topic names (``STREAMREC_TOPIC_PREFIX`` is prepended).
 ITEMS: Final = "items"
@@ -52,6 +52,7 @@ class Event(faust.Record, serializer="json", include_metadata=False):
     item_id: str | None = None
     dwell_ms: float | None = None
     query: str | None = None
+    position: int | None = None  # ``context.position``: where the item was shown (0: top)
 
 
 class Item(faust.Record, serializer="json", include_metadata=False):
@@ -114,6 +115,10 @@ def parse_event(value: bytes | None, key: bytes | None, limits: Limits) -> Event
         raise InvalidRecord("invalid_field", "query must be a string")
     if query is not None and len(query) > limits.max_text_chars:
         raise InvalidRecord("too_large", f"query longer than {limits.max_text_chars} chars")
+    try:
+        position = context_position(doc.get("context"))
+    except ValueError as exc:
+        raise InvalidRecord("invalid_field", str(exc)) from None
     return Event(
         event_id=_id(doc, "event_id"),
         user_id=user_id,
@@ -122,6 +127,7 @@ def parse_event(value: bytes | None, key: bytes | None, limits: Limits) -> Event
         item_id=item_id,
         dwell_ms=dwell,
         query=query,
+        position=position,
     )
 
 

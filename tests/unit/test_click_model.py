@@ -46,7 +46,7 @@ def test_an_interaction_feature_learns_popular_within_the_users_interest() -> No
     model = ClickModel()
     for _ in range(WARMUP_EXAMPLES * 8):
         c, p = rng.random(), rng.random()
-        f = feature_stack(*(np.float32([v]) for v in (c, 0.0, 0.0, p, p, 0.0, 0.0, 0.0)))[:, 0]
+        f = feature_stack(*(np.float32([v]) for v in (c, 0.0, 0.0, p, p, 0.0, 0.0, 0.0, 1.0)))[:, 0]
         model.learn_one(dict(zip(FEATURES, f.tolist(), strict=True)), rng.random() < c * p)
     learned = model.weights()
     assert learned is not None
@@ -56,7 +56,7 @@ def test_an_interaction_feature_learns_popular_within_the_users_interest() -> No
     grid = [(0.9, 0.9), (0.9, 0.1), (0.1, 0.9)]
     c, p = (np.float32([g[i] for g in grid]) for i in (0, 1))
     zero = np.zeros(len(grid), dtype=np.float32)
-    feats = feature_stack(c, zero, zero, p, p, zero, zero, zero)
+    feats = feature_stack(c, zero, zero, p, p, zero, zero, zero, zero + 1)
     scores = learned.array() @ feats
     assert scores[0] > scores[1] and scores[0] > scores[2]
 
@@ -158,6 +158,29 @@ def test_popularity_within_the_users_group_is_a_feature_of_learning_and_ranking(
     ranked = engine.rank([("newcomer", newcomer), ("loner", loner)], 3)
     assert ranked[0].items[0][0] == "i5"
     assert ranked[1].items[0][0] != "i5"
+
+
+def test_where_impressions_were_shown_is_learned_and_ranking_assumes_the_top() -> None:
+    catalogue = Catalogue(2, "v1")
+    for j in range(4):
+        catalogue.upsert(f"i{j}", np.float32([1.0, j / 4]) / np.hypot(1.0, j / 4), version="v1")
+    engine = Engine(catalogue, EngineConfig(click_every=1))
+    assert engine.click is not None
+    pairs: list[tuple[dict[str, float], dict[str, float]]] = []
+
+    def learn_pair(clicked: dict[str, float], skipped: dict[str, float]) -> bool:
+        pairs.append((clicked, skipped))
+        return False
+
+    engine.click.learn_pair = learn_pair  # type: ignore[method-assign]
+    state = engine.new_state()
+    engine.apply(state, Interaction("u", "impression", "i1", T0, offset=0, position=4))
+    engine.apply(state, Interaction("u", "click", "i2", T0 + 1000, offset=1, position=0))
+    clicked = {c["position"] for c, _ in pairs}
+    skipped = sorted(round(s["position"], 6) for _, s in pairs)
+    assert clicked == {1.0}  # shown at the top
+    # The impression shown fifth (1 / (1 + 4)); the catalogue negatives as ranking sees them.
+    assert skipped == [0.2, 1.0, 1.0]
 
 
 def test_pairwise_learning_orders_the_clicked_item_above_the_skipped_one() -> None:

@@ -125,3 +125,15 @@ def test_item_text_and_feedback() -> None:
     assert fb.label == "4.5"
     with pytest.raises(InvalidRecord):
         parse_item(orjson.dumps({"item_id": "i1"}), None, LIMITS)
+
+
+def test_an_events_context_position_is_where_its_item_was_shown() -> None:
+    def parse(context: object) -> int | None:
+        return parse_event(orjson.dumps({**GOOD, "context": context}), b"u1", LIMITS).position
+
+    assert parse({"position": 3, "page": "home"}) == 3
+    assert parse({"page": "home"}) is None and parse("free text") is None
+    for bad in (-1, 2.5, "3", True, 10**6):
+        with pytest.raises(InvalidRecord, match=r"context\.position") as exc:
+            parse({"position": bad})
+        assert exc.value.kind == "invalid_field"
