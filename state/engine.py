@@ -26,6 +26,8 @@ from state.features import (
 )
 from state.interest import (
     ENGAGED_TYPES,
+    FORWARDED_PREFIX,
+    FORWARDED_REMEMBERED,
     POSITIVE_TYPES,
     HistoryEntry,
     UserState,
@@ -110,6 +112,7 @@ class Interaction:
     offset: int = 0
     #: Where the item was shown (0: the top of the list), from the event's ``context``.
     position: int | None = None
+    event_id: str = ""
 
 
 class Engine:
@@ -154,6 +157,9 @@ class Engine:
         """
         if state.seen(event.partition, event.offset):
             return False
+        forwarded = event.event_id.startswith(FORWARDED_PREFIX)
+        if forwarded and event.event_id in state.forwarded:
+            return False  # the feedback agent sent this label twice (at-least-once)
         self._ensure_version(state)
         engaged = state.engaged(RECENT_ITEMS)
         recent = [self.catalogue.row(h.item_id) for h in engaged]
@@ -173,6 +179,9 @@ class Engine:
             half_life_s=self.config.interest_half_life_s,
         )
         state.partition, state.offset = event.partition, event.offset
+        if forwarded:
+            state.forwarded.append(event.event_id)
+            del state.forwarded[:-FORWARDED_REMEMBERED]
         if entry is not None and item_vec is not None and self.config.max_interests > 1:
             update_interests(state.interests, item_vec, entry.weight, event.ts_ms, self._interests)
         if entry is not None and event.item_id is not None:

@@ -85,6 +85,11 @@ def normalised(vec: Vector) -> Vector:
     return (vec / norm).astype(np.float32, copy=False)
 
 
+#: ``event_id`` prefix of events the feedback agent forwards (``streams.feedback``).
+FORWARDED_PREFIX: Final = "feedback:"
+#: Forwarded event ids remembered per user: re-sends come within seconds of the first.
+FORWARDED_REMEMBERED: Final = 64
+
 #: The largest ``context.position`` an event may carry (a place in a list; 0 is the top).
 MAX_POSITION: Final = 10_000
 
@@ -152,6 +157,9 @@ class UserState:
     group: str = ""
     #: Interest centroids (see :mod:`state.multi_interest`); ``vec`` stays their blend.
     interests: list[Interest] = field(default_factory=list)
+    #: ``event_id`` of the newest events forwarded from the feedback topic (at most
+    #: :data:`FORWARDED_REMEMBERED`): a record the feedback agent sent twice is applied once.
+    forwarded: list[str] = field(default_factory=list)
 
     @classmethod
     def empty(cls, dim: int, model_version: str = "") -> UserState:
@@ -283,6 +291,7 @@ def encode_state(state: UserState) -> bytes:
             "h": [[h.item_id, h.event_type, h.weight, h.ts_ms] for h in state.history],
             "q": [[h.item_id, h.event_type, h.weight, h.ts_ms] for h in state.pending],
             "i": [i.ts_ms for i in state.interests],
+            "f": state.forwarded,
         }
     )
     body = np.ascontiguousarray(state.vec, dtype="<f4").tobytes()
@@ -318,6 +327,7 @@ def decode_state(raw: bytes) -> UserState:
         offset=int(header["o"]),
         model_version=str(header["m"]),
         group=str(header.get("g", "")),
+        forwarded=[str(f) for f in header.get("f", [])],
         history=[HistoryEntry(str(i), str(t), float(w), int(ts)) for i, t, w, ts in header["h"]],
         pending=[HistoryEntry(str(i), str(t), float(w), int(ts)) for i, t, w, ts in header["q"]],
         interests=[Interest(rows[n].copy(), ts) for n, ts in enumerate(stamps)],

@@ -8,10 +8,11 @@ model's labels (an ``ignored`` outcome is an impression, the negative of the use
 engagement), the exactly-once watermark and the Redis write. One code path, so a replay with
 ``feedback.jsonl`` and a worker agree.
 
-Invalid records and labels that name no event go to ``dead-letters``. Forwarding is
-at-least-once: a worker killed between sending a batch and committing the feedback offsets
-forwards those records again (each carries ``event_id`` ``feedback:{partition}:{offset}``,
-so a consumer downstream can tell them apart).
+Invalid records and labels that name no event go to ``dead-letters``. Sending is
+at-least-once (a worker killed between sending a batch and committing the feedback offsets
+sends those records again), applying is exactly-once: each forwarded event carries
+``event_id`` ``feedback:{partition}:{offset}``, and the user's state remembers the newest of
+them (:data:`state.interest.FORWARDED_REMEMBERED`), so a second copy is skipped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import orjson
 
 from state.datasets import feedback_type
+from state.interest import FORWARDED_PREFIX
 from streams.processor import DeadLetters, Stats
 from streams.records import InvalidRecord, Limits, parse_feedback
 
@@ -59,7 +61,7 @@ class FeedbackForwarder:
                 )
                 continue
             value = {
-                "event_id": f"feedback:{message.partition}:{message.offset}",
+                "event_id": f"{FORWARDED_PREFIX}{message.partition}:{message.offset}",
                 "user_id": feedback.user_id,
                 "type": kind,
                 "item_id": feedback.item_id,

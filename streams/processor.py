@@ -447,6 +447,7 @@ class EventProcessor:
             message.partition,
             message.offset,
             record.position,
+            record.event_id,
         )
         try:
             applied = self.engine.apply(pending.state, interaction)

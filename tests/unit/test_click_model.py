@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,6 +14,7 @@ from state.catalogue import Catalogue
 from state.click_model import WARMUP_EXAMPLES, CheckpointError, ClickModel
 from state.engine import CLICK_WINDOW_MS, Engine, EngineConfig, Interaction
 from state.features import FEATURES, FeatureWeights, feature_stack
+from state.interest import FORWARDED_REMEMBERED
 from streams.click_sync import ClickSync, restore
 
 T0 = 1_767_225_600_000
@@ -181,6 +183,22 @@ def test_where_impressions_were_shown_is_learned_and_ranking_assumes_the_top() -
     assert clicked == {1.0}  # shown at the top
     # The impression shown fifth (1 / (1 + 4)); the catalogue negatives as ranking sees them.
     assert skipped == [0.2, 1.0, 1.0]
+
+
+def test_a_feedback_label_forwarded_twice_is_applied_once() -> None:
+    catalogue = Catalogue(2, "v1")
+    catalogue.upsert("i0", np.float32([1.0, 0.0]), version="v1")
+    engine = Engine(catalogue)
+    state = engine.new_state()
+    like = Interaction("u", "like", "i0", T0, partition=1, offset=5, event_id="feedback:2:9")
+    assert engine.apply(state, like)
+    # The agent re-sent it after a crash: a new offset of the events topic, the same label.
+    assert not engine.apply(state, replace(like, offset=8))
+    assert engine.apply(state, replace(like, offset=9, event_id="feedback:2:10"))
+    assert state.events == 2 and state.forwarded == ["feedback:2:9", "feedback:2:10"]
+    for n in range(100):  # only the newest are remembered
+        engine.apply(state, replace(like, offset=10 + n, event_id=f"feedback:0:{n}"))
+    assert len(state.forwarded) == FORWARDED_REMEMBERED
 
 
 def test_pairwise_learning_orders_the_clicked_item_above_the_skipped_one() -> None:

@@ -105,7 +105,9 @@ def test_event_for_unknown_item_is_parked_then_folded_in() -> None:
 def test_state_codec_round_trips(events, partition, offset) -> None:
     state = _apply_all(events)
     state.partition, state.offset, state.group = partition, offset, "g1"
+    state.forwarded = ["feedback:0:7", "feedback:3:1"]
     back = decode_state(encode_state(state))
+    assert back.forwarded == state.forwarded
     np.testing.assert_array_equal(back.vec, state.vec)
     assert (back.events, back.partition, back.offset, back.group, back.ts_ms) == (
         state.events,
