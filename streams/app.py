@@ -180,7 +180,8 @@ class StreamrecApp:
 
         self.events_agent = app.agent(self.events_topic, name="events")(self._events)
         self.items_agent = app.agent(self.items_topic, name="items")(self._items)
-        self.feedback_agent = app.agent(self.feedback_topic, name="feedback")(self._feedback)
+        if settings.feedback_agent:
+            self.feedback_agent = app.agent(self.feedback_topic, name="feedback")(self._feedback)
 
         @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
         async def heartbeat_stats() -> None:

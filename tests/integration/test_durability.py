@@ -141,13 +141,29 @@ def test_three_workers_share_partitions_and_survive_a_kill_and_a_join(
         assert stream.is_alive(), "the stream ended before the new worker joined"
         expected = warmup + stream.finish()
         counts = deployment.wait_counts(expected, settle_s=5.0)
-        settled_at = lag.wait_zero()
+        try:
+            settled_at = lag.wait_zero()
+        except AssertionError as exc:  # say what each worker saw (a rare stall, see README)
+            short = {u: (counts[u], n) for u, n in expected.items() if counts[u] != n}
+            raise AssertionError(
+                f"{exc}; users short {short}; {_worker_stats(deployment)}"
+            ) from exc
     assert counts == dict(expected)
     assert not watcher.regressions, watcher.regressions[:5]
     everywhere, one_partition = watcher.longest_pause(killed_at, settled_at)
     figure("rebalance_pause_all_partitions", everywhere, "s")
     figure("rebalance_pause_one_partition", one_partition, "s")
     figure("events_redelivered_skipped", _redelivered(deployment), "events")
+
+
+def _worker_stats(deployment: Deployment) -> list[dict[str, object]]:
+    keep = ("events_applied", "events_redelivered", "stall_repairs", "positions", "dead_letters")
+    out = []
+    for w in deployment.workers:
+        if w.proc is not None and w.proc.poll() is None:
+            stats = w.stats()
+            out.append({k: stats.get(k) for k in keep})
+    return out
 
 
 @pytest.mark.slow
