@@ -20,6 +20,7 @@ from state.features import (
     FEATURES,
     FeatureWeights,
     category_affinity,
+    coded_shares,
     feature_stack,
     freshness,
     shown_at,
@@ -367,8 +368,8 @@ class Engine:
             if snapshot.index.get(item_id, n) < n
         ]
         at = np.asarray(rows, dtype=np.intp)
-        index = snapshot.category_index
-        shares = {index[c]: s for c, s in self._category_shares(state).items() if c in index}
+        shares = coded_shares(self._category_shares(state), snapshot.category_index)
+        places = [*places, *[None] * (len(rows) - len(places))]
         feats = feature_stack(
             content.astype(np.float32),
             collab_at(signals.transition, recent, rows),
@@ -378,10 +379,7 @@ class Engine:
             category_affinity(snapshot.category_codes, [shares], at[None, :])[0],
             signals.fresh[at],
             signals.group_popular[group_rows(signals, [state.group])[0], at],
-            np.asarray(
-                [shown_at(places[j] if j < len(places) else None) for j in range(len(rows))],
-                dtype=np.float32,
-            ),
+            np.asarray([shown_at(p) for p in places], dtype=np.float32),
         )
         columns = feats.T.tolist()
         return [dict(zip(FEATURES, col, strict=True)) for col in columns]

@@ -11,6 +11,7 @@ reads" rather than "popular", which a blend of the raw signals cannot express.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -125,6 +126,15 @@ def freshness(
     with np.errstate(invalid="ignore"):
         out = np.exp2(-age / half_life_ms)
     return np.nan_to_num(out, nan=0.0).astype(np.float32)
+
+
+def coded_shares(shares: Mapping[str, float], index: Mapping[str, int]) -> dict[int, float]:
+    """A user's category shares keyed by the snapshot's category codes (unknown ones dropped).
+
+    >>> coded_shares({"sport": 0.75, "gone": 0.25}, {"sport": 0, "food": 1})
+    {0: 0.75}
+    """
+    return {index[c]: s for c, s in shares.items() if c in index}
 
 
 def category_affinity(

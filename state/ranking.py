@@ -18,7 +18,7 @@ import scipy.sparse as sp  # type: ignore[import-untyped]
 
 from state.catalogue import CatalogueSnapshot
 from state.cooccurrence import collab_scores
-from state.features import FeatureWeights, category_affinity, feature_stack
+from state.features import FeatureWeights, category_affinity, coded_shares, feature_stack
 from state.interest import Vector
 from state.multi_interest import interleave
 
@@ -329,7 +329,7 @@ class Ranker:
         # (synthetic AUC 0.768 -> 0.871, nDCG@10 0.1256 -> 0.1288; ML-100K 0.0910 -> 0.0921).
         snapshot = signals.snapshot
         index = snapshot.category_index
-        shares = [{index[c]: s for c, s in r.categories.items() if c in index} for r in requests]
+        shares = [coded_shares(r.categories, index) for r in requests]
         affinity = category_affinity(snapshot.category_codes, shares, np.maximum(rows, 0))
         mine = affinity > 0
         mine |= np.asarray([not user for user in shares], dtype=np.bool_)[:, None]

@@ -82,6 +82,7 @@ class ClickSync(Periodic):
         self._drifts = engine.click.stats.drifts if engine.click is not None else 0
         self.engine = engine
         self.data_dir = data_dir
+        self._key = _key(data_dir)  # read once: checkpoints come every sync
         self.field = f"{socket.gethostname()}:{os.getpid()}"
 
     async def stop(self) -> None:
@@ -115,7 +116,7 @@ class ClickSync(Periodic):
         click = self.engine.click
         if click is None:
             return
-        payload = click.to_bytes(_key(self.data_dir))
+        payload = click.to_bytes(self._key)
         await asyncio.to_thread(_write_atomic, self.data_dir / "click-model.ckpt", payload)
 
     async def sync_once(self) -> FeatureWeights | None:
