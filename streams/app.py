@@ -16,16 +16,19 @@ from typing import Any, cast
 
 import faust
 import orjson
-from faust.types import TP, Message
+from aiokafka.errors import KafkaError
+from faust.types import TP
 from faust.web import Request, Response, View
 
 from state.groups import GroupConfig
 from streams.catalogue_sync import CatalogueSync
 from streams.click_sync import ClickSync, restore
 from streams.feedback import FeedbackForwarder
-from streams.gap_repair import GapRepair, Record
+from streams.gap_repair import GapRepair
 from streams.groups_sync import GroupsSync
+from streams.offsets import OffsetCommitter
 from streams.processor import EventProcessor, ItemProcessor, Stats
+from streams.rank_process import RankProcess
 from streams.records import (
     DEAD_LETTERS,
     EVENTS,
@@ -125,7 +128,8 @@ class StreamrecApp:
             logging_config=None,
         )
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.events_topic = self.app.topic(settings.topic(EVENTS), **raw)
+        # Acks off: the events processor commits this topic's offsets (streams.offsets).
+        self.events_topic = self.app.topic(settings.topic(EVENTS), acks=False, **raw)
         self.items_topic = self.app.topic(settings.topic(ITEMS), **raw)
         self.feedback_topic = self.app.topic(settings.topic(FEEDBACK), **raw)
         self.vectors_topic = self.app.topic(
@@ -147,8 +151,15 @@ class StreamrecApp:
         self.event_processor: EventProcessor | None = None
         self.groups: GroupsSync | None = None
         self.click_sync: ClickSync | None = None
+        self.rank_process: RankProcess | None = None
         self.stall_watch = StallWatch(
             lambda: self.event_processor, self._assigned_events, self._settled, self.stats
+        )
+        self.committer = OffsetCommitter(
+            lambda: None if self.event_processor is None else self.event_processor.offsets,
+            self._assigned_events,
+            self.app.producer.flush,
+            self._commit_events,
         )
         self.ready = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank")
@@ -170,7 +181,11 @@ class StreamrecApp:
             self.sync = CatalogueSync(settings, self.runtime.engine, self.stats)
             await self.sync.start()
             self._start_learners(self.runtime)
+            if settings.rank_process:
+                self.rank_process = RankProcess(self.runtime.engine.ranker, settings.blas_threads)
+                await self.rank_process.start()
             self.stall_watch.start()
+            self.committer.start()
             self.ready.set()
             log.info(
                 "streamrec worker ready: encoder %s, %d items",
@@ -190,50 +205,46 @@ class StreamrecApp:
         async def forget_states(sender: Any, *args: Any, **kwargs: Any) -> None:
             if self.event_processor is not None:
                 await self.event_processor.drain()
+                with contextlib.suppress(KafkaError):  # uncommitted is redelivered, skipped
+                    await self.committer.commit_due()
                 self.event_processor.forget()
 
         async def close_runtime(sender: Any, *args: Any, **kwargs: Any) -> None:
-            await self.stall_watch.stop()
-            if self.event_processor is not None:
-                self.event_processor.stopping.set()
-                # Let batches in flight reach Redis and be acked; the rest is redelivered.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.event_processor.drain(), SHUTDOWN_DRAIN_S)
-                if self.event_processor.gaps is not None:
-                    await self.event_processor.gaps.close()
-            await self._stop_learners()
-            if self.runtime is not None:
-                await self.sync.stop()
-                await self.runtime.close()
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            self.publish_executor.shutdown(wait=False, cancel_futures=True)
+            await self._shutdown()
 
         # faust's signal typing rejects coroutine receivers that it accepts at run time.
         cast(Any, app.on_partitions_revoked).connect(forget_states)
         cast(Any, app.on_before_shutdown).connect(close_runtime)
 
-    def _refetched_done(self, record: Record) -> None:
-        """Ack a refetched record to faust's consumer, as if its stream had delivered it.
+    async def _shutdown(self) -> None:
+        """Let batches in flight reach Redis and commit them; the rest is redelivered."""
+        await self.stall_watch.stop()
+        await self.committer.stop()
+        processor = self.event_processor
+        if processor is not None:
+            processor.stopping.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(processor.drain(), SHUTDOWN_DRAIN_S)
+            with contextlib.suppress(KafkaError):
+                await self.committer.commit_due()
+            if processor.gaps is not None:
+                await processor.gaps.close()
+        await self._stop_learners()
+        if self.runtime is not None:
+            await self.sync.stop()
+            await self.runtime.close()
+        if self.rank_process is not None:
+            self.rank_process.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.publish_executor.shutdown(wait=False, cancel_futures=True)
 
-        faust-streaming commits the highest offset below which everything is acked; the records
-        it dropped (and gap repair applied) would otherwise hold its commits back for good
-        (measured: lag never reached 0 after a rebalance in the three-worker test).
-        """
+    async def _commit_events(self, offsets: dict[int, int]) -> bool:
+        """Commit ``events`` offsets for the group, the way Faust commits its own (private but
+        stable in the pinned faust-streaming: only assigned partitions, False if rebalanced)."""
         topic = self.events_topic.get_topic_name()
-        self.app.consumer.ack(
-            Message(
-                topic,
-                record.partition,
-                record.offset,
-                record.timestamp,
-                0,
-                None,
-                record.key,
-                record.value,
-                None,
-                tp=TP(topic, record.partition),
-            )
-        )
+        consumer: Any = self.app.consumer
+        committed: bool = await consumer._commit({TP(topic, p): o for p, o in offsets.items()})
+        return committed
 
     def _assigned_events(self) -> set[int]:
         topic = self.events_topic.get_topic_name()
@@ -286,7 +297,7 @@ class StreamrecApp:
 
             try:
                 await processor.process(batch)
-            except Exception as exc:  # an escaping exception would ack the batch silently
+            except Exception as exc:  # an escaping exception would end the agent
                 await processor.dead.fail_batch(batch, exc)
 
     async def _event_processor(self) -> EventProcessor:
@@ -297,7 +308,6 @@ class StreamrecApp:
             self.settings.bootstrap_servers,
             self.settings.app_id,
             self.events_topic.get_topic_name(),
-            self._refetched_done,
         )
         self.event_processor = EventProcessor(
             runtime,
@@ -311,6 +321,7 @@ class StreamrecApp:
             gaps,
             publish_executor=self.publish_executor,
             groups=self.groups,
+            rank_process=self.rank_process,
         )
         return self.event_processor
 
@@ -368,6 +379,10 @@ class StreamrecApp:
         class StatsPage(View):
             async def get(self_view, request: Request) -> Response:
                 figures = self.stats.as_json()
+                if self.event_processor is not None:
+                    offsets = self.event_processor.offsets
+                    figures["committed"] = {str(p): o for p, o in sorted(offsets.committed.items())}
+                    figures["batches_pending"] = offsets.pending
                 if self.runtime is not None:
                     engine = self.runtime.engine
                     figures["catalogue_items"] = len(engine.catalogue)

@@ -8,7 +8,6 @@ group-less fetch and hands it back, so the batch is applied without holes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -27,37 +26,19 @@ class Record:
     offset: int
     timestamp: float  # seconds, like faust.types.Message.timestamp
 
-    def incref(self) -> None:
-        """Nothing to hold: the stream engine never delivered this record, so never acks it."""
-
 
 @dataclass(frozen=True, slots=True)
 class Refetched:
-    """A refetched record in the shape of a Faust event (``.message``, ``.ack()``)."""
+    """A refetched record in the shape of a Faust event (``.message``)."""
 
     message: Record
-    #: Called once the record is applied and in Redis (the stream engine's commit hook).
-    done: Callable[[Record], None] | None = None
-
-    def ack(self) -> None:
-        if self.done is not None:
-            self.done(self.message)
 
 
 class GapRepair:
     """Reads offset ranges of one topic, and the group's committed offsets, on demand."""
 
-    def __init__(
-        self,
-        bootstrap: list[str],
-        group_id: str,
-        topic: str,
-        done: Callable[[Record], None] | None = None,
-    ) -> None:
-        """``done`` hears of each refetched record once it is applied: the stream engine never
-        delivered it, so never acks it, and would commit no offset past it otherwise."""
+    def __init__(self, bootstrap: list[str], group_id: str, topic: str) -> None:
         self.topic = topic
-        self.done = done
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group_id,
@@ -105,7 +86,7 @@ class GapRepair:
                 if r.offset >= stop:
                     return out
                 record = Record(r.key, r.value, r.partition, r.offset, r.timestamp / 1000)
-                out.append(Refetched(record, self.done))
+                out.append(Refetched(record))
 
     async def close(self) -> None:
         if self._started:

@@ -2,7 +2,8 @@
 
 A Faust agent that raises has its events acked and dropped silently, so everything a record can
 cause is caught here: bad input goes to dead-letters with its reason; an unavailable Redis is
-retried (the batch is not acked until it is written, so nothing acknowledged is lost).
+retried (an events batch's offsets are not committed until it is written, so nothing
+acknowledged is lost).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from state.groups import assign_and_learn
 from state.interest import StateCodecError, UserState, decode_state, encode_state, vector_bytes
 from state.interest import normalised as unit
 from state.popularity import log_add, log_increment
-from state.ranking import RankRequest, Signals
+from state.ranking import Ranked, RankRequest, Signals
 from state.redis_store import UserWrite
 from streams.deadletters import dead_letter_headers
 from streams.gap_repair import GapRepair
 from streams.groups_sync import GroupsSync
+from streams.offsets import OffsetLedger, Ticket
+from streams.rank_process import RankProcess
 from streams.records import InvalidRecord, Item, Limits, parse_event, parse_item
 from streams.records_vectors import ItemVector, encode_item_vector
 from streams.runtime import Runtime
@@ -147,12 +150,6 @@ async def _both(
     return cast(_Published, results[1])
 
 
-def _ack(batch: Sequence[Any]) -> None:
-    """Release the reference :meth:`EventProcessor.process` took: the final, real ack."""
-    for event in batch:
-        event.ack()
-
-
 @dataclass(slots=True)
 class _Pending:
     state: UserState
@@ -178,7 +175,9 @@ class EventProcessor:
         max_in_flight: int = 2,
         publish_executor: Executor | None = None,
         groups: GroupsSync | None = None,
+        rank_process: RankProcess | None = None,
     ) -> None:
+        """``rank_process``: rank in that child process instead of on ``executor``."""
         self.runtime = runtime
         self.engine = runtime.engine
         self.table = table
@@ -201,18 +200,21 @@ class EventProcessor:
         self.publishing: asyncio.Future[_Published] | None = None  # the newest Redis write
         self.publish_executor = publish_executor or executor
         self.groups = groups
+        self.rank_process = rank_process
+        self.offsets = OffsetLedger()  # what may be committed (see streams.offsets)
         # One batch at a time: the agent's and the stall watch's (``catch_up``) may interleave.
         self._lock = asyncio.Lock()
 
     def forget(self) -> None:
-        """Drop cached states and expected offsets (call when partitions are revoked)."""
+        """Drop cached states and offsets (call when partitions are revoked, after a drain)."""
         self.cache.clear()
         self.next_offset.clear()
+        self.offsets.forget()
 
     async def _without_gaps(self, batch: list[Any]) -> list[Any]:
         """The batch's messages per partition in offset order, any skipped range refetched.
 
-        Refetched records join ``batch`` (to be acked with it once published).
+        Refetched records join ``batch`` (dead-lettered with it if it fails).
         """
         by_partition: dict[int, list[Any]] = {}
         for message in [event.message for event in batch]:
@@ -244,13 +246,10 @@ class EventProcessor:
 
         Returns once the batch is applied, while its ranking and Redis write run on the ranking
         thread, so Faust gathers the next batch meanwhile (measured: the event loop and the
-        ranking thread were otherwise idle half the time each). ``take_events`` acks a batch as
-        soon as this returns; an extra reference per message turns that ack into a no-op and
-        ours, once the batch is in Redis, into the real one, so no offset is committed before
-        its effect is readable. At most ``max_in_flight`` batches wait for the ranking thread.
+        ranking thread were otherwise idle half the time each). Its offsets become committable
+        once it is in Redis and the changelog (:mod:`streams.offsets`). At most
+        ``max_in_flight`` batches wait for the ranking thread.
         """
-        for event in batch:
-            event.message.incref()
         async with self._lock:
             await self._process(batch)
 
@@ -288,22 +287,34 @@ class EventProcessor:
     async def _process(self, delivered: Sequence[Any]) -> None:
         while len(self.in_flight) >= self.max_in_flight:
             await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
-        # Gap repair appends the records it refetched: acked with the batch, like the others.
+        # Gap repair appends the records it refetched: dead-lettered with the batch if it fails.
         batch = list(delivered)
         try:
             job = await self._apply_and_submit(batch)
         except Exception as exc:
+            ticket = self._ticket(batch)
             await self.dead.fail_batch(batch, exc)
-            _ack(batch)
+            self.offsets.close(ticket)
             return
+        ticket = self._ticket(batch)
         if job is None:
-            _ack(batch)
+            self.offsets.close(ticket)
             return
         self.in_flight.add(job)
-        job.add_done_callback(functools.partial(self._published, batch))
+        job.add_done_callback(functools.partial(self._published, batch, ticket))
+
+    def _ticket(self, batch: Sequence[Any]) -> Ticket:
+        """Open the batch's ticket: its partitions up to where gap repair saw them contiguous
+        (a partition it failed in before getting that far stays where it was)."""
+        ends = {
+            p: self.next_offset[p]
+            for p in {event.message.partition for event in batch}
+            if p in self.next_offset
+        }
+        return self.offsets.open(ends)
 
     async def drain(self) -> None:
-        """Wait until every batch in flight is published and acked (rebalance, shutdown)."""
+        """Wait until every batch in flight is published and committable (rebalance, shutdown)."""
         while self.in_flight or self.finishing:
             await asyncio.gather(*self.in_flight, *self.finishing, return_exceptions=True)
 
@@ -327,8 +338,14 @@ class EventProcessor:
         # Requests, writes and signals are copies: the loop may change the states, popularity
         # and co-occurrence while the ranking thread works on them.
         signals = self.engine.signals()
-        loop = asyncio.get_running_loop()
-        ranked = loop.run_in_executor(self.executor, self._rank, requests, writes, signals)
+        ranked: asyncio.Future[None]
+        if self.rank_process is not None:  # submitted now, so batches reach it in order
+            ranked = asyncio.ensure_future(
+                self._rank_elsewhere(self.rank_process, requests, writes, signals)
+            )
+        else:
+            loop = asyncio.get_running_loop()
+            ranked = loop.run_in_executor(self.executor, self._rank, requests, writes, signals)
         # Publishing runs on its own thread, so batch N's Redis round trip overlaps batch N+1's
         # ranking; batches reach Redis in order (and the watermark rejects any stale write).
         self.publishing = asyncio.ensure_future(
@@ -347,8 +364,8 @@ class EventProcessor:
         """Write ``rows`` after the previous batch's rows, so a user's newest state is last.
 
         The loop does not wait for it (the producer waits for the previous record batch of a
-        partition to be sent: ~0.4 ms per user at 1k events/s); the batch is acked only once
-        its rows are in the producer, which Faust flushes before committing offsets.
+        partition to be sent: ~0.4 ms per user at 1k events/s); the batch is committable only
+        once its rows are in the producer, which is flushed before offsets are committed.
         """
         if previous is not None:
             with contextlib.suppress(Exception):  # its own batch reports its failure
@@ -357,14 +374,16 @@ class EventProcessor:
         await self.table.put_many(rows)
         self.stats.seconds["changelog"] += time.perf_counter() - started
 
-    def _published(self, batch: Sequence[Any], job: asyncio.Future[_Published]) -> None:
-        """On the loop when a batch's write finished: count it and ack its messages."""
+    def _published(
+        self, batch: Sequence[Any], ticket: Ticket, job: asyncio.Future[_Published]
+    ) -> None:
+        """On the loop when a batch's write finished: count it, its offsets committable."""
         self.in_flight.discard(job)
-        if job.cancelled():  # shutting down: unacked, so the batch is delivered again
+        if job.cancelled():  # shutting down: never committed, so the batch is delivered again
             return
         exc = job.exception()
         if exc is not None:
-            task = asyncio.ensure_future(self._failed(batch, exc))
+            task = asyncio.ensure_future(self._failed(batch, ticket, exc))
             self.finishing.add(task)
             task.add_done_callback(self.finishing.discard)
             return
@@ -373,21 +392,36 @@ class EventProcessor:
         self.stats.counters["batches"] += 1
         self.stats.counters["users_published"] += done.users
         self.stats.counters["events_published"] += len(done.produced_ms)
-        _ack(batch)
+        self.offsets.close(ticket)
 
-    async def _failed(self, batch: Sequence[Any], exc: BaseException) -> None:
+    async def _failed(self, batch: Sequence[Any], ticket: Ticket, exc: BaseException) -> None:
         if isinstance(exc, Exception) and not self.stopping.is_set():
             await self.dead.fail_batch(batch, exc)
-            _ack(batch)
+            self.offsets.close(ticket)
 
     def _rank(self, requests: list[RankRequest], writes: list[UserWrite], signals: Signals) -> None:
         """Ranking thread: top-K per user, filled into ``writes``."""
         started = time.perf_counter()
         ranked = self.engine.rank_requests(requests, self.settings.top_k, signals)
+        self._fill(writes, ranked, time.perf_counter() - started)
+
+    async def _rank_elsewhere(
+        self,
+        child: RankProcess,
+        requests: list[RankRequest],
+        writes: list[UserWrite],
+        signals: Signals,
+    ) -> None:
+        """The ranking child process: top-K per user, filled into ``writes``."""
+        titles = self.engine.catalogue.titles
+        ranked, seconds = await child.rank(signals, requests, self.settings.top_k, titles)
+        self._fill(writes, ranked, seconds)
+
+    def _fill(self, writes: list[UserWrite], ranked: list[Ranked], seconds: float) -> None:
         for write, result in zip(writes, ranked, strict=True):
             write.items, write.why, write.source = result.items, result.why, result.source
         self.stats.counters["users_ranked"] += len(writes)
-        self.stats.seconds["rank"] += time.perf_counter() - started
+        self.stats.seconds["rank"] += seconds
 
     async def _publish_after(
         self,

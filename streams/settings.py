@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     groups: int = Field(16, ge=0, le=1024)  # user groups (online k-means); 0 turns them off
     groups_sync_s: float = Field(5.0, gt=0)
     click_model: bool = True  # learn re-ranking weights online (River logistic regression)
+    #: Rank in a child process (streams.rank_process) instead of a thread of the worker's.
+    rank_process: bool = True
     #: Forward ``feedback`` labels to ``events`` (streams.feedback). Off by default: with the
     #: extra topic in the workers' consumer group, a kill-and-join rebalance left one events
     #: partition unconsumed in 2 of 7 test runs (0 of 3 without it).

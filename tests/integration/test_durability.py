@@ -157,7 +157,15 @@ def test_three_workers_share_partitions_and_survive_a_kill_and_a_join(
 
 
 def _worker_stats(deployment: Deployment) -> list[dict[str, object]]:
-    keep = ("events_applied", "events_redelivered", "stall_repairs", "positions", "dead_letters")
+    keep = (
+        "events_applied",
+        "events_redelivered",
+        "stall_repairs",
+        "gap_events_refetched",
+        "positions",
+        "commits",
+        "dead_letters",
+    )
     out = []
     for w in deployment.workers:
         if w.proc is not None and w.proc.poll() is None:

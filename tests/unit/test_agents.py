@@ -110,7 +110,7 @@ async def test_events_agent_applies_batches_and_dead_letters_bad_records(tmp_pat
     assert sapp.table[b"u1"] is not None
 
 
-async def test_a_batch_is_acked_only_once_its_recommendations_are_in_redis(
+async def test_a_batch_is_committable_only_once_its_recommendations_are_in_redis(
     tmp_path: Path,
 ) -> None:
     gate = threading.Event()
@@ -121,23 +121,19 @@ async def test_a_batch_is_acked_only_once_its_recommendations_are_in_redis(
             return super().publish_users(*args, **kwargs)
 
     sapp, store, _ = _app(tmp_path, GatedPublisher)
+    processor = sapp.event_processor
+    assert processor is not None
     async with sapp.events_agent.test_context() as agent:
-        to_message = agent.to_message
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            message = to_message(*args, **kwargs)
-            message.incref()  # what the conductor does for each stream of a real consumer
-            return message
-
-        agent.to_message = counted
         first = await agent.put(_click(0), key=b"u1", wait=False)
         await _until(lambda: sapp.stats.counters["events_applied"] == 1)
-        # The agent moved on to the next batch (take_events acked its own reference) ...
+        # The agent moved on to the next batch ...
         second = await agent.put(_click(1), key=b"u1", wait=False)
         await _until(lambda: sapp.stats.counters["events_applied"] == 2)
         # ... but neither offset may be committed while Redis does not have the batch.
-        assert not first.message.acked and not second.message.acked
+        assert processor.offsets.committable == {} and processor.offsets.pending == 2
         assert "u1" not in store.users
         gate.set()
-        await _until(lambda: first.message.acked and second.message.acked)
+        done = {first.message.partition: second.message.offset + 1}
+        await _until(lambda: processor.offsets.committable == done)
+        assert processor.offsets.pending == 0
     assert store.users["u1"]["events"] == b"2"

@@ -1,4 +1,5 @@
-"""Gap repair and the stall watch: records the stream engine dropped are applied once, and acked."""
+"""Gap repair and the stall watch: records the stream engine dropped are applied once, and
+their offsets become committable."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ class Log:
     def __init__(self, records: list[Record]) -> None:
         self.records = records
         self.fetches: list[tuple[int, int, int]] = []
-        self.done: list[int] = []  # offsets acked to the stream engine once applied
 
     async def committed(self, partition: int) -> int:
         return 0
@@ -27,11 +27,7 @@ class Log:
 
     async def fetch(self, partition: int, start: int, stop: int) -> list[Refetched]:
         self.fetches.append((partition, start, stop))
-        return [
-            Refetched(r, lambda r: self.done.append(r.offset))
-            for r in self.records
-            if start <= r.offset < stop
-        ]
+        return [Refetched(r) for r in self.records if start <= r.offset < stop]
 
     async def close(self) -> None:
         return None
@@ -63,7 +59,7 @@ async def test_a_partition_without_deliveries_is_caught_up_and_redelivery_is_a_n
     assert log.fetches == [(0, 0, 3)]
     await _until(lambda: store.users.get("u1", {}).get("events") == b"3")
     assert sapp.stats.counters["stall_repairs"] == 1
-    await _until(lambda: log.done == [0, 1, 2])  # so the stream engine commits past them
+    await _until(lambda: processor.offsets.committable == {0: 3})  # so commits pass them
     await watch.tick()  # caught up: nothing to do
     assert len(log.fetches) == 1
     # The stream engine wakes up and delivers the same records: the watermark skips them.
@@ -83,7 +79,7 @@ async def test_a_partition_that_progresses_is_left_alone(tmp_path: Path) -> None
     assert not log.fetches and sapp.stats.counters["stall_repairs"] == 0
 
 
-async def test_a_skipped_range_is_refetched_applied_and_acked_with_its_batch(
+async def test_a_skipped_range_is_refetched_applied_and_committable_with_its_batch(
     tmp_path: Path,
 ) -> None:
     (_, store), processor, log = _processor_on(tmp_path, 4)
@@ -92,5 +88,4 @@ async def test_a_skipped_range_is_refetched_applied_and_acked_with_its_batch(
     await processor.drain()
     assert log.fetches == [(0, 1, 3)]
     assert store.users["u1"]["events"] == b"4"
-    # Without this ack the engine's commit could never pass offset 1 (lag stuck above 0).
-    assert log.done == [1, 2]
+    assert processor.offsets.committable == {0: 4}

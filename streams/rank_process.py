@@ -1,0 +1,128 @@
+"""Ranking in a child process, so it no longer waits for the event loop's GIL.
+
+Measured (README "Benchmark"): a worker is GIL-bound, not core-bound. With ranking on a thread,
+the event loop held the GIL about two thirds of the time and ranking, which needs it between
+its numpy calls, took twice its single-threaded time. One child process (spawned: the worker
+has threads, and forking those is unsafe) ranks with its own interpreter. It keeps the large
+signals that change rarely (the catalogue snapshot with its titles, both co-occurrence
+matrices) and receives one again only when the engine built a new object; the small ones
+(popularity, freshness, group popularity, click weights) and the requests go with every batch.
+Batches reach the child in submission order (one process, one queue), so each sees the large
+signals of its own moment. If the child dies, the batch is ranked on the calling thread and
+the next batch starts a new child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import fields
+from typing import Any
+
+from state.ranking import Ranked, Ranker, RankRequest, Signals
+
+log = logging.getLogger(__name__)
+
+#: Signals kept in the child between batches, resent only when the engine replaced them.
+LARGE = ("snapshot", "transition", "transition_long")
+
+# In the child: the ranker and the newest large signals (with the titles of the snapshot).
+_ranker: Ranker | None = None
+_kept: dict[str, Any] = {}
+
+
+def _start_child(ranker: Ranker, blas_threads: int) -> None:
+    global _ranker
+    _ranker = ranker
+    if blas_threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(blas_threads, user_api="blas")
+
+
+def _rank_in_child(
+    large: dict[str, Any], small: dict[str, Any], requests: Sequence[RankRequest], k: int
+) -> tuple[list[Ranked], float]:
+    if _ranker is None:
+        raise RuntimeError("ranking child not initialised")
+    _kept.update(large)
+    started = time.perf_counter()
+    signals = Signals(**{name: _kept[name] for name in LARGE}, **small)
+    ranked = _ranker.rank(signals, requests, k, _kept["titles"])
+    return ranked, time.perf_counter() - started
+
+
+def _noop() -> None:
+    return None
+
+
+class RankProcess:
+    """Ranks batches in one child process; see the module docstring."""
+
+    def __init__(self, ranker: Ranker, blas_threads: int = 1) -> None:
+        self.ranker = ranker
+        self.blas_threads = blas_threads
+        self._pool: ProcessPoolExecutor | None = None
+        self._sent: dict[str, object] = {}  # large signal -> the object the child holds
+        self.restarts = 0
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_child,
+                initargs=(self.ranker, self.blas_threads),
+            )
+            self._sent.clear()
+        return self._pool
+
+    async def start(self) -> None:
+        """Start the child now (it imports numpy and scipy: about a second), not at the first
+        batch."""
+        await asyncio.get_running_loop().run_in_executor(self._ensure_pool(), _noop)
+
+    def _large(self, signals: Signals, titles: dict[str, str]) -> dict[str, Any]:
+        """The large signals the child does not hold yet (called in submission order)."""
+        out: dict[str, Any] = {}
+        for name in LARGE:
+            value = getattr(signals, name)
+            if self._sent.get(name) is not value:
+                out[name] = value
+                self._sent[name] = value
+        if "snapshot" in out:
+            out["titles"] = dict(titles)
+        return out
+
+    async def rank(
+        self,
+        signals: Signals,
+        requests: Sequence[RankRequest],
+        k: int,
+        titles: dict[str, str],
+    ) -> tuple[list[Ranked], float]:
+        """Top-``k`` per request and the seconds the ranking itself took."""
+        pool = self._ensure_pool()
+        large = self._large(signals, titles)
+        small = {f.name: getattr(signals, f.name) for f in fields(Signals) if f.name not in LARGE}
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool, _rank_in_child, large, small, requests, k)
+        except BrokenProcessPool:
+            if self._pool is pool:  # the first batch to notice replaces the child
+                self._pool = None
+                self.restarts += 1
+                log.error("ranking process died; ranking this batch here, a new one follows")
+            started = time.perf_counter()
+            ranked = await asyncio.to_thread(self.ranker.rank, signals, requests, k, titles)
+            return ranked, time.perf_counter() - started
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
