@@ -57,7 +57,8 @@ class Stats:
 
     counters: Counter[str] = field(default_factory=Counter)
     #: Wall seconds per stage (apply, changelog, rank, publish, and the learners' share:
-    #: learn_click within apply, learn_groups): where a worker's time goes.
+    #: learn_click within apply, learn_groups), the ranking child's round trips (rank_wall)
+    #: and the event loop's waits for a free pipeline slot (wait_in_flight).
     seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     freshness_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     positions: dict[int, int] = field(default_factory=dict)  # events partition -> last offset
@@ -172,7 +173,7 @@ class EventProcessor:
         executor: Executor,
         source_topic: str,
         gaps: GapRepair | None = None,
-        max_in_flight: int = 2,
+        max_in_flight: int = 3,
         publish_executor: Executor | None = None,
         groups: GroupsSync | None = None,
         rank_process: RankProcess | None = None,
@@ -285,8 +286,11 @@ class EventProcessor:
         return expected
 
     async def _process(self, delivered: Sequence[Any]) -> None:
-        while len(self.in_flight) >= self.max_in_flight:
-            await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+        if len(self.in_flight) >= self.max_in_flight:
+            started = time.perf_counter()
+            while len(self.in_flight) >= self.max_in_flight:
+                await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+            self.stats.seconds["wait_in_flight"] += time.perf_counter() - started
         # Gap repair appends the records it refetched: dead-lettered with the batch if it fails.
         batch = list(delivered)
         try:
@@ -414,7 +418,9 @@ class EventProcessor:
     ) -> None:
         """The ranking child process: top-K per user, filled into ``writes``."""
         titles = self.engine.catalogue.titles
+        started = time.perf_counter()
         ranked, seconds = await child.rank(signals, requests, self.settings.top_k, titles)
+        self.stats.seconds["rank_wall"] += time.perf_counter() - started  # with the transfer
         self._fill(writes, ranked, seconds)
 
     def _fill(self, writes: list[UserWrite], ranked: list[Ranked], seconds: float) -> None:

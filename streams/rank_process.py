@@ -9,7 +9,9 @@ matrices) and receives one again only when the engine built a new object; the sm
 (popularity, freshness, group popularity, click weights) and the requests go with every batch.
 Batches reach the child in submission order (one process, one queue), so each sees the large
 signals of its own moment. If the child dies, the batch is ranked on the calling thread and
-the next batch starts a new child.
+the next batch starts a new child. Requests travel packed (:func:`pack`): one array for all
+interest vectors instead of one small array each, which pickled and unpickled ~35% faster
+(2,000 users: 13 MB, 47 + 64 ms -> 32 + 40 ms).
 """
 
 from __future__ import annotations
@@ -17,13 +19,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
+
+from state.interest import Vector
 from state.ranking import Ranked, Ranker, RankRequest, Signals
 
 log = logging.getLogger(__name__)
@@ -36,9 +44,70 @@ _ranker: Ranker | None = None
 _kept: dict[str, Any] = {}
 
 
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """A batch of :class:`RankRequest` as columns: vectors stacked, the rest as lists."""
+
+    users: list[str]
+    vecs: np.ndarray  # (batch, dim)
+    interests: np.ndarray  # (sum of interests, dim)
+    counts: list[int]  # interests per request
+    shares: list[float]
+    exclude: list[set[str]]
+    recent: list[list[tuple[str, float]]]
+    categories: list[dict[str, float]]
+    groups: list[str]
+
+
+def pack(requests: Sequence[RankRequest]) -> Packed:
+    dim = requests[0].vec.shape[0] if requests else 0
+    centroids: list[Vector] = [v for r in requests for v, _ in r.interests]
+    return Packed(
+        [r.user_id for r in requests],
+        np.stack([r.vec for r in requests]) if requests else np.zeros((0, dim), np.float32),
+        np.stack(centroids) if centroids else np.zeros((0, dim), np.float32),
+        [len(r.interests) for r in requests],
+        [share for r in requests for _, share in r.interests],
+        [r.exclude for r in requests],
+        [r.recent for r in requests],
+        [r.categories for r in requests],
+        [r.group for r in requests],
+    )
+
+
+def unpack(packed: Packed) -> list[RankRequest]:
+    out: list[RankRequest] = []
+    at = 0
+    for b, user in enumerate(packed.users):
+        n = packed.counts[b]
+        interests = [(packed.interests[at + i], packed.shares[at + i]) for i in range(n)]
+        at += n
+        out.append(
+            RankRequest(
+                user,
+                packed.vecs[b],
+                packed.exclude[b],
+                packed.recent[b],
+                interests,
+                packed.categories[b],
+                packed.groups[b],
+            )
+        )
+    return out
+
+
+def _exit_with_parent() -> None:
+    """A worker killed with SIGKILL cannot stop its child: the child notices and exits."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(0)
+
+
 def _start_child(ranker: Ranker, blas_threads: int) -> None:
     global _ranker
     _ranker = ranker
+    threading.Thread(target=_exit_with_parent, name="exit-with-parent", daemon=True).start()
     if blas_threads:
         from threadpoolctl import threadpool_limits
 
@@ -46,14 +115,14 @@ def _start_child(ranker: Ranker, blas_threads: int) -> None:
 
 
 def _rank_in_child(
-    large: dict[str, Any], small: dict[str, Any], requests: Sequence[RankRequest], k: int
+    large: dict[str, Any], small: dict[str, Any], packed: Packed, k: int
 ) -> tuple[list[Ranked], float]:
     if _ranker is None:
         raise RuntimeError("ranking child not initialised")
     _kept.update(large)
     started = time.perf_counter()
     signals = Signals(**{name: _kept[name] for name in LARGE}, **small)
-    ranked = _ranker.rank(signals, requests, k, _kept["titles"])
+    ranked = _ranker.rank(signals, unpack(packed), k, _kept["titles"])
     return ranked, time.perf_counter() - started
 
 
@@ -112,7 +181,8 @@ class RankProcess:
         small = {f.name: getattr(signals, f.name) for f in fields(Signals) if f.name not in LARGE}
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(pool, _rank_in_child, large, small, requests, k)
+            packed = pack(requests)
+            return await loop.run_in_executor(pool, _rank_in_child, large, small, packed, k)
         except BrokenProcessPool:
             if self._pool is pool:  # the first batch to notice replaces the child
                 self._pool = None

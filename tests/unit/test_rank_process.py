@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
 
 from state.engine import Engine, Interaction
 from state.ranking import RankRequest
-from streams.rank_process import RankProcess
+from streams.rank_process import RankProcess, pack, unpack
 from tests.unit.test_agents import T0, _engine
 
 
@@ -64,3 +70,61 @@ async def test_a_killed_child_is_replaced_and_its_batch_still_ranked() -> None:
         assert child._pool is not None and child._pool is not pool
     finally:
         child.close()
+
+
+def test_packed_requests_unpack_to_the_same_requests() -> None:
+    engine = _engine()
+    requests = _requests(engine)
+    requests[0].interests = [(requests[0].vec, 0.7), (requests[1].vec, 0.3)]
+    back = unpack(pack(requests))
+    assert len(back) == len(requests)
+    for a, b in zip(requests, back, strict=True):
+        assert (a.user_id, a.exclude, a.recent, a.categories, a.group) == (
+            b.user_id,
+            b.exclude,
+            b.recent,
+            b.categories,
+            b.group,
+        )
+        assert np.array_equal(a.vec, b.vec)
+        assert [s for _, s in a.interests] == [s for _, s in b.interests]
+        pairs = zip(a.interests, b.interests, strict=True)
+        assert all(np.array_equal(x, y) for (x, _), (y, _) in pairs)
+    assert unpack(pack([])) == []
+
+
+def test_the_child_exits_when_its_worker_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import asyncio, time\n"
+        "from state.ranking import Ranker\n"
+        "from streams.rank_process import RankProcess\n"
+        "async def main():\n"
+        "    child = RankProcess(Ranker())\n"
+        "    await child.start()\n"
+        "    print(*child._pool._processes, flush=True)\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(child):
+            assert time.monotonic() < deadline, "the ranking child outlived its worker"
+            time.sleep(0.1)
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie waiting for its reaper is gone
+        return stat.read().split()[2] != "Z"
