@@ -67,10 +67,8 @@ class Settings(BaseSettings):
     click_model: bool = True  # learn re-ranking weights online (River logistic regression)
     #: Rank in a child process (streams.rank_process) instead of a thread of the worker's.
     rank_process: bool = True
-    #: Forward ``feedback`` labels to ``events`` (streams.feedback). Off by default: with the
-    #: extra topic in the workers' consumer group, a kill-and-join rebalance left one events
-    #: partition unconsumed in 2 of 7 test runs (0 of 3 without it).
-    feedback_agent: bool = False
+    #: Forward ``feedback`` labels to ``events`` (streams.feedback).
+    feedback_agent: bool = True
     click_sync_s: float = Field(5.0, gt=0)
     weight_content: float = 1.0
     weight_collab: float = 0.35
