@@ -30,7 +30,8 @@ from state.evaluation import build_catalogue
 from state.interest import CONSUMED_TYPES, UserState
 from state.redis_store import Keys
 from streams.demo import topic_specs, worker_env
-from streams.evaluate import encode_items, engine_config
+from streams.engine_config import engine_config
+from streams.evaluate import encode_items
 from streams.produce import make_producer
 from streams.records import EVENTS, ITEMS
 from streams.services import EmbeddedStack, create_topics, free_port

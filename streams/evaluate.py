@@ -20,9 +20,8 @@ from encoders.cache import content_hash
 from encoders.disk_cache import DiskCache
 from state.baselines import make_methods
 from state.datasets import Replay, ReplayItem, load_jsonl_dir, load_replay
-from state.engine import EngineConfig
 from state.evaluation import EvalOptions, EvalResult, build_catalogue, evaluate
-from state.ranking import BlendWeights
+from streams.engine_config import engine_config
 from streams.records import Item
 from streams.settings import Settings
 from streams.synthetic import planted_stream, write_replay
@@ -54,19 +53,6 @@ def item_text(item: ReplayItem) -> str:
         category=item.category,
         tags=list(item.tags) or None,
     ).text()
-
-
-def engine_config(settings: Settings) -> EngineConfig:
-    """The worker's engine configuration (half-lives, blend weights) from ``settings``."""
-    return EngineConfig(
-        interest_half_life_s=settings.interest_half_life_s,
-        popularity_half_life_s=settings.popularity_half_life_s,
-        popularity_long_half_life_s=settings.popularity_long_half_life_s,
-        item_age_half_life_s=settings.item_age_half_life_s,
-        weights=BlendWeights(
-            settings.weight_content, settings.weight_collab, settings.weight_popular
-        ),
-    )
 
 
 def encode_items(

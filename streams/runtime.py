@@ -16,10 +16,10 @@ from encoders.cache import CachedEncoder, RedisCache
 from encoders.registry import resolve_model_dir
 from encoders.text import TextEncoder
 from state.catalogue import Catalogue
-from state.engine import Engine, EngineConfig
-from state.ranking import BlendWeights
+from state.engine import Engine
 from state.reader import RecsReader
 from state.redis_store import BlockingPublisher, Keys, RedisStore, RedisUnavailable, Ttls
+from streams.engine_config import engine_config
 from streams.settings import Settings
 
 
@@ -36,20 +36,7 @@ def make_store(settings: Settings) -> RedisStore:
 
 def make_engine(settings: Settings, dim: int, version: str) -> Engine:
     """An empty :class:`Engine` for an encoder of ``dim`` dimensions and ``version``."""
-    return Engine(
-        Catalogue(dim, version),
-        EngineConfig(
-            interest_half_life_s=settings.interest_half_life_s,
-            popularity_half_life_s=settings.popularity_half_life_s,
-            popularity_long_half_life_s=settings.popularity_long_half_life_s,
-            item_age_half_life_s=settings.item_age_half_life_s,
-            weights=BlendWeights(
-                settings.weight_content, settings.weight_collab, settings.weight_popular
-            ),
-            max_interests=settings.max_interests,
-            click_model=settings.click_model,
-        ),
-    )
+    return Engine(Catalogue(dim, version), engine_config(settings))
 
 
 async def check_redis(store: RedisStore, url_for_humans: str) -> None:
