@@ -6,12 +6,14 @@ order holds; one in-flight request per connection keeps retries from reordering 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 from kafka import KafkaProducer
+from kafka.producer.future import FutureRecordMetadata
 from tqdm import tqdm
 
 KEY_FIELDS: dict[str, str] = {"events": "user_id", "feedback": "user_id", "items": "item_id"}
@@ -20,6 +22,33 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 class ProduceError(ValueError):
     """A line that cannot be published (the message gives file and line number)."""
+
+
+class Acks:
+    """Watches sends; :meth:`check` raises if the broker refused any record (after retries).
+
+    ``flush()`` waits for every send to finish but does not say whether it succeeded.
+    """
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.first: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def watch(self, future: FutureRecordMetadata) -> None:
+        future.add_errback(self._failed)
+
+    def _failed(self, exc: BaseException) -> None:  # on the producer's I/O thread
+        with self._lock:
+            self.failed += 1
+            self.first = self.first or exc
+
+    def check(self, sent: int) -> None:
+        if self.failed:
+            raise ProduceError(
+                f"{self.failed} of {sent} records were not acknowledged by the broker "
+                f"(first error: {self.first!r})"
+            )
 
 
 @dataclass
@@ -73,14 +102,17 @@ def publish(
     total: int | None = None,
     progress: bool = True,
 ) -> int:
-    """Send ``(key, value)`` records to ``topic``, flush, and return how many were sent."""
+    """Send ``(key, value)`` records to ``topic``, flush, and return how many were sent;
+    raises :class:`ProduceError` if the broker did not acknowledge them all."""
+    acks = Acks()
     sent = 0
     for key, value in tqdm(
         records, total=total, unit="msg", disable=not progress, desc=f"-> {topic}"
     ):
-        producer.send(topic, key=key, value=value)
+        acks.watch(producer.send(topic, key=key, value=value))
         sent += 1
     producer.flush()
+    acks.check(sent)
     return sent
 
 

@@ -43,6 +43,7 @@ class StallWatch(Periodic):
         self.settled = settled
         self.stats = stats
         self._seen: dict[int, int | None] = {}  # partition -> expected offset at the last check
+        self._told: set[tuple[int, int | None]] = set()  # stalls a fetch could not repair
 
     async def tick(self) -> None:
         processor = self.processor()
@@ -65,6 +66,15 @@ class StallWatch(Periodic):
     ) -> None:
         fetched = await processor.catch_up(partition, end)
         if not fetched:
+            if (partition, at) not in self._told:  # say it once, not every check
+                self._told.add((partition, at))
+                log.warning(
+                    "partition %d: stalled at offset %s below its log end %d, and a fetch "
+                    "returned no records",
+                    partition,
+                    "committed" if at is None else at,
+                    end,
+                )
             return
         self.stats.counters["stall_repairs"] += 1
         self.stats.counters["stall_events_refetched"] += fetched

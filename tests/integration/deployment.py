@@ -16,7 +16,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from state.redis_store import Keys
 from streams.demo import publish_items, topic_specs, wait_for_items, worker_env
-from streams.produce import make_producer
+from streams.produce import Acks, make_producer, publish
 from streams.records import DEAD_LETTERS, EVENTS, ITEMS
 from streams.services import create_topics, free_port
 from streams.synthetic import SyntheticWorld
@@ -110,18 +110,23 @@ class Deployment:
         """Publish events (dicts keyed by user, or raw ``(key, value)``); count per user."""
         counts: Counter[str] = Counter()
         producer = make_producer([self.bootstrap])
+        acks = Acks()  # the counts are of acknowledged records: a refused send fails here
+        sent = 0
         try:
             for record in records:
                 if isinstance(record, dict):
-                    producer.send(
+                    future = producer.send(
                         self.topic(EVENTS),
                         key=record["user_id"].encode(),
                         value=orjson.dumps(record),
                     )
                     counts[record["user_id"]] += 1
                 else:
-                    producer.send(self.topic(EVENTS), key=record[0], value=record[1])
+                    future = producer.send(self.topic(EVENTS), key=record[0], value=record[1])
+                acks.watch(future)
+                sent += 1
             producer.flush()
+            acks.check(sent)
         finally:
             producer.close()
         return counts
@@ -130,9 +135,7 @@ class Deployment:
         """Publish raw ``(key, value)`` records to the deployment's ``topic``."""
         producer = make_producer([self.bootstrap])
         try:
-            for key, value in records:
-                producer.send(self.topic(topic), key=key, value=value)
-            producer.flush()
+            publish(producer, self.topic(topic), records, progress=False)
         finally:
             producer.close()
 
