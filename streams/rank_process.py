@@ -191,6 +191,10 @@ class RankProcess:
             started = time.perf_counter()
             ranked = await asyncio.to_thread(self.ranker.rank, signals, requests, k, titles)
             return ranked, time.perf_counter() - started
+        except Exception:
+            # The child may not hold what ``_large`` recorded as sent: send it all next time.
+            self._sent.clear()
+            raise
 
     def close(self) -> None:
         if self._pool is not None:

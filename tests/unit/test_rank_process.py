@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from state.engine import Engine, Interaction
 from state.ranking import RankRequest
@@ -128,3 +129,20 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as stat:  # a zombie waiting for its reaper is gone
         return stat.read().split()[2] != "Z"
+
+
+async def test_a_failed_call_resends_every_large_signal_next_time() -> None:
+    engine = _engine()
+    requests = _requests(engine)
+    child = RankProcess(engine.ranker)
+    try:
+        await child.start()
+        signals = engine.signals()
+        child._sent["snapshot"] = signals.snapshot  # as if sent by a batch that then failed
+        with pytest.raises(KeyError):
+            await child.rank(signals, requests, 10, engine.catalogue.titles)
+        got, _ = await child.rank(signals, requests, 10, engine.catalogue.titles)
+        expected = engine.rank_requests(requests, 10, signals)
+        assert [r.items for r in got] == [r.items for r in expected]
+    finally:
+        child.close()
