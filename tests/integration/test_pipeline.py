@@ -108,7 +108,7 @@ def test_bad_records_land_in_dead_letters_while_good_events_flow(deployment: Dep
 def test_feedback_labels_reach_their_user_as_events_and_bad_ones_dead_letters(
     deployment: Deployment,
 ) -> None:
-    worker = deployment.start_worker()
+    worker = deployment.start_worker(STREAMREC_FEEDBACK_AGENT="true")
     deployment.publish_world(WORLD)
     counts = deployment.publish_events(events(WORLD, 200, seed=23))
     assert deployment.wait_counts(counts) == dict(counts)
