@@ -245,11 +245,11 @@ class EventProcessor:
     async def process(self, batch: Sequence[Any]) -> None:
         """Apply a batch and start its ranking and publishing; never raises for a record.
 
-        Returns once the batch is applied, while its ranking and Redis write run on the ranking
-        thread, so Faust gathers the next batch meanwhile (measured: the event loop and the
-        ranking thread were otherwise idle half the time each). Its offsets become committable
-        once it is in Redis and the changelog (:mod:`streams.offsets`). At most
-        ``max_in_flight`` batches wait for the ranking thread.
+        Returns once the batch is applied, while its ranking (child process or thread) and
+        Redis write run elsewhere, so Faust gathers the next batch meanwhile (measured: the
+        event loop and the ranking thread were otherwise idle half the time each). Its offsets
+        become committable once it is in Redis and the changelog (:mod:`streams.offsets`). At
+        most ``max_in_flight`` batches wait for ranking and publishing.
         """
         async with self._lock:
             await self._process(batch)
@@ -296,10 +296,9 @@ class EventProcessor:
         try:
             job = await self._apply_and_submit(batch)
         except Exception as exc:
-            ticket = self._ticket(batch)
             await self.dead.fail_batch(batch, exc)
-            self.offsets.close(ticket)
-            return
+            job = None
+        # Opened under the lock, after the batch ran: tickets keep the order of batches.
         ticket = self._ticket(batch)
         if job is None:
             self.offsets.close(ticket)

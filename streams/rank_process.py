@@ -193,6 +193,7 @@ class RankProcess:
             return ranked, time.perf_counter() - started
         except Exception:
             # The child may not hold what ``_large`` recorded as sent: send it all next time.
+            # Re-raised: the processor dead-letters the batch with this reason.
             self._sent.clear()
             raise
 

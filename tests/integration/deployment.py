@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from state.redis_store import Keys
 from streams.demo import publish_items, topic_specs, wait_for_items, worker_env
-from streams.produce import Acks, make_producer, publish
+from streams.produce import make_producer, publish
 from streams.records import DEAD_LETTERS, EVENTS, ITEMS
 from streams.services import create_topics, free_port
 from streams.synthetic import SyntheticWorld
@@ -109,26 +109,17 @@ class Deployment:
     ) -> Counter[str]:
         """Publish events (dicts keyed by user, or raw ``(key, value)``); count per user."""
         counts: Counter[str] = Counter()
-        producer = make_producer([self.bootstrap])
-        acks = Acks()  # the counts are of acknowledged records: a refused send fails here
-        sent = 0
-        try:
+
+        def pairs() -> Iterator[tuple[bytes | None, bytes]]:
             for record in records:
                 if isinstance(record, dict):
-                    future = producer.send(
-                        self.topic(EVENTS),
-                        key=record["user_id"].encode(),
-                        value=orjson.dumps(record),
-                    )
                     counts[record["user_id"]] += 1
+                    yield record["user_id"].encode(), orjson.dumps(record)
                 else:
-                    future = producer.send(self.topic(EVENTS), key=record[0], value=record[1])
-                acks.watch(future)
-                sent += 1
-            producer.flush()
-            acks.check(sent)
-        finally:
-            producer.close()
+                    yield record
+
+        # ``publish`` raises if the broker refused any: the counts are of acknowledged records.
+        self.publish(EVENTS, pairs())
         return counts
 
     def publish(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> None:

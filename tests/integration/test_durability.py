@@ -163,7 +163,8 @@ def _worker_stats(deployment: Deployment) -> list[dict[str, object]]:
         "stall_repairs",
         "gap_events_refetched",
         "positions",
-        "commits",
+        "committed",
+        "batches_pending",
         "dead_letters",
     )
     out = []

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -28,49 +29,54 @@ def _requests(engine: Engine, users: int = 12) -> list[RankRequest]:
     return [engine.request(u, s) for u, s in states.items()]
 
 
-async def test_the_child_ranks_exactly_as_the_thread_and_keeps_large_signals() -> None:
+Started = tuple[Engine, list[RankRequest], RankProcess]
+
+
+@pytest.fixture
+async def started() -> AsyncIterator[Started]:
+    """An engine with a dozen users' requests and a started ranking child for its ranker."""
     engine = _engine()
-    requests = _requests(engine)
     child = RankProcess(engine.ranker)
     try:
         await child.start()
-        signals = engine.signals()
-        expected = engine.rank_requests(requests, 10, signals)
-        got, seconds = await child.rank(signals, requests, 10, engine.catalogue.titles)
-        assert [(r.user_id, r.items, r.why, r.source) for r in got] == [
-            (r.user_id, r.items, r.why, r.source) for r in expected
-        ]
-        assert seconds > 0 and any(r.why for r in got)
-        # Unchanged catalogue and co-occurrence: the next batch sends none of them.
-        assert child._large(engine.signals(), engine.catalogue.titles) == {}
-        # A changed catalogue is sent again, with its titles.
-        engine.catalogue.upsert("new", signals.snapshot.matrix[0], version="v1", title="fresh")
-        resent = child._large(engine.signals(), engine.catalogue.titles)
-        assert "snapshot" in resent and resent["titles"]["new"] == "fresh"
+        yield engine, _requests(engine), child
     finally:
         child.close()
 
 
-async def test_a_killed_child_is_replaced_and_its_batch_still_ranked() -> None:
-    engine = _engine()
-    requests = _requests(engine)
-    child = RankProcess(engine.ranker)
-    try:
-        await child.start()
-        pool = child._pool
-        assert pool is not None
-        for pid in list(pool._processes):  # the child, as an operator's kill would hit it
-            os.kill(pid, signal.SIGKILL)
-        signals = engine.signals()
-        expected = engine.rank_requests(requests, 10, signals)
-        got, _ = await child.rank(signals, requests, 10, engine.catalogue.titles)
-        assert [r.items for r in got] == [r.items for r in expected]
-        assert child.restarts == 1
-        again, _ = await child.rank(signals, requests, 10, engine.catalogue.titles)
-        assert [r.items for r in again] == [r.items for r in expected]
-        assert child._pool is not None and child._pool is not pool
-    finally:
-        child.close()
+async def test_the_child_ranks_exactly_as_the_thread_and_keeps_large_signals(
+    started: Started,
+) -> None:
+    engine, requests, child = started
+    signals = engine.signals()
+    expected = engine.rank_requests(requests, 10, signals)
+    got, seconds = await child.rank(signals, requests, 10, engine.catalogue.titles)
+    assert [(r.user_id, r.items, r.why, r.source) for r in got] == [
+        (r.user_id, r.items, r.why, r.source) for r in expected
+    ]
+    assert seconds > 0 and any(r.why for r in got)
+    # Unchanged catalogue and co-occurrence: the next batch sends none of them.
+    assert child._large(engine.signals(), engine.catalogue.titles) == {}
+    # A changed catalogue is sent again, with its titles.
+    engine.catalogue.upsert("new", signals.snapshot.matrix[0], version="v1", title="fresh")
+    resent = child._large(engine.signals(), engine.catalogue.titles)
+    assert "snapshot" in resent and resent["titles"]["new"] == "fresh"
+
+
+async def test_a_killed_child_is_replaced_and_its_batch_still_ranked(started: Started) -> None:
+    engine, requests, child = started
+    pool = child._pool
+    assert pool is not None
+    for pid in list(pool._processes):  # the child, as an operator's kill would hit it
+        os.kill(pid, signal.SIGKILL)
+    signals = engine.signals()
+    expected = engine.rank_requests(requests, 10, signals)
+    got, _ = await child.rank(signals, requests, 10, engine.catalogue.titles)
+    assert [r.items for r in got] == [r.items for r in expected]
+    assert child.restarts == 1
+    again, _ = await child.rank(signals, requests, 10, engine.catalogue.titles)
+    assert [r.items for r in again] == [r.items for r in expected]
+    assert child._pool is not None and child._pool is not pool
 
 
 def test_packed_requests_unpack_to_the_same_requests() -> None:
@@ -131,18 +137,12 @@ def _alive(pid: int) -> bool:
         return stat.read().split()[2] != "Z"
 
 
-async def test_a_failed_call_resends_every_large_signal_next_time() -> None:
-    engine = _engine()
-    requests = _requests(engine)
-    child = RankProcess(engine.ranker)
-    try:
-        await child.start()
-        signals = engine.signals()
-        child._sent["snapshot"] = signals.snapshot  # as if sent by a batch that then failed
-        with pytest.raises(KeyError):
-            await child.rank(signals, requests, 10, engine.catalogue.titles)
-        got, _ = await child.rank(signals, requests, 10, engine.catalogue.titles)
-        expected = engine.rank_requests(requests, 10, signals)
-        assert [r.items for r in got] == [r.items for r in expected]
-    finally:
-        child.close()
+async def test_a_failed_call_resends_every_large_signal_next_time(started: Started) -> None:
+    engine, requests, child = started
+    signals = engine.signals()
+    child._sent["snapshot"] = signals.snapshot  # as if sent by a batch that then failed
+    with pytest.raises(KeyError):
+        await child.rank(signals, requests, 10, engine.catalogue.titles)
+    got, _ = await child.rank(signals, requests, 10, engine.catalogue.titles)
+    expected = engine.rank_requests(requests, 10, signals)
+    assert [r.items for r in got] == [r.items for r in expected]
