@@ -67,10 +67,8 @@ class Settings(BaseSettings):
     click_model: bool = True  # learn re-ranking weights online (River logistic regression)
     #: Rank in a child process (streams.rank_process) instead of a thread of the worker's.
     rank_process: bool = True
-    #: Forward ``feedback`` labels to ``events`` (streams.feedback). Off by default: on Tansu,
-    #: a worker subscribed to ``feedback`` and SIGKILLed after another test's worker forwarded
-    #: labels restarted to find the last acknowledged events of some partitions missing from the
-    #: log (3 of 3 module runs; 0 of 2 with the agent off, or without the forwarding test first).
+    #: Forward ``feedback`` labels to ``events`` (streams.feedback). Off by default until the
+    #: Tansu SIGKILL-restart failure in the README's "Topics" section is understood.
     feedback_agent: bool = False
     click_sync_s: float = Field(5.0, gt=0)
     weight_content: float = 1.0

@@ -161,5 +161,9 @@ def test_sigkill_and_restart_loses_nothing_and_applies_nothing_twice(
     expected += deployment.publish_events(stream[3000:])
     deployment.start_worker("w0")  # same data dir and group: resumes from committed offsets
     counts = deployment.wait_counts(expected, settle_s=5.0)
+    if counts != dict(expected):  # lost by the worker, or absent from the broker's log?
+        in_log = deployment.log_counts(len(stream))
+        short = {u: (counts[u], in_log[u], n) for u, n in expected.items() if counts[u] != n}
+        raise AssertionError(f"(redis, log, sent) per short user: {short}")
     assert counts == dict(expected)
     assert sum(counts.values()) == len(stream)
