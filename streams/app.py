@@ -153,7 +153,11 @@ class StreamrecApp:
         self.click_sync: ClickSync | None = None
         self.rank_process: RankProcess | None = None
         self.stall_watch = StallWatch(
-            lambda: self.event_processor, self._assigned_events, self._settled, self.stats
+            lambda: self.event_processor,
+            self._assigned_events,
+            self._settled,
+            self.stats,
+            highwater=self._events_highwater,
         )
         self.committer = OffsetCommitter(
             lambda: None if self.event_processor is None else self.event_processor.offsets,
@@ -249,6 +253,15 @@ class StreamrecApp:
     def _assigned_events(self) -> set[int]:
         topic = self.events_topic.get_topic_name()
         return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+
+    def _events_highwater(self, partition: int) -> int | None:
+        """``events`` ``partition``'s high watermark in the consumer's newest fetch (None: none)."""
+        tp = TP(self.events_topic.get_topic_name(), partition)
+        highwater: int | None = None
+        # aiokafka asserts the partition is assigned; a rebalance may just have taken it.
+        with contextlib.suppress(AssertionError):
+            highwater = self.app.consumer.highwater(tp)
+        return highwater if highwater is not None and highwater >= 0 else None
 
     def _settled(self) -> bool:
         """Not rebalancing and every table recovered (user states complete)."""

@@ -47,6 +47,8 @@ class GapRepair:
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
         self._started = False
+        #: Per partition, the highest high watermark a fetch reported (see :meth:`end_offsets`).
+        self._highwater: dict[int, int] = {}
 
     async def _ready(self) -> AIOKafkaConsumer:
         if not self._started:
@@ -64,11 +66,19 @@ class GapRepair:
         return int(offset)
 
     async def end_offsets(self, partitions: set[int]) -> dict[int, int]:
-        """The log end offset (next offset to be written) of each of ``partitions``."""
+        """The log end offset (next offset to be written) of each of ``partitions``.
+
+        Never below a high watermark a fetch of ours reported: Tansu answers ListOffsets
+        with its newest batch's *base* offset + 1, short of the end by the rest of that batch
+        (its fetch responses carry the right high watermark).
+        """
         consumer = await self._ready()
         tps = [TopicPartition(self.topic, p) for p in partitions]
         ends = await consumer.end_offsets(tps) if tps else {}
-        return {tp.partition: int(offset) for tp, offset in ends.items()}
+        return {
+            tp.partition: max(int(offset), self._highwater.get(tp.partition, 0))
+            for tp, offset in ends.items()
+        }
 
     async def fetch(self, partition: int, start: int, stop: int) -> list[Refetched]:
         """Records with ``start <= offset < stop`` (fewer if the log no longer has them)."""
@@ -79,6 +89,9 @@ class GapRepair:
         out: list[Refetched] = []
         while True:
             batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS)
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                self._highwater[partition] = max(highwater, self._highwater.get(partition, 0))
             records = batch.get(tp, [])
             if not records:
                 return out

@@ -259,21 +259,25 @@ class EventProcessor:
         """No batch being applied or waiting for Redis."""
         return not self._lock.locked() and not self.in_flight and not self.finishing
 
-    async def catch_up(self, partition: int, stop: int) -> int:
-        """Apply ``partition``'s records before offset ``stop`` the stream has not delivered.
+    async def catch_up(self, partition: int) -> int:
+        """Apply the next batch of ``partition``'s records the stream has not delivered.
 
         For an assigned partition the stream engine stopped delivering (see
-        :mod:`streams.stall_watch`). At most one batch per call; re-deliveries later are
+        :mod:`streams.stall_watch`). Reads from where the partition is expected as far as the
+        log goes, up to one batch, not only up to the end the broker lists: Tansu lists an end
+        short of its newest batch's last records, and a catch-up that stopped there stranded
+        them (users short by the tail of each stalled partition). Re-deliveries later are
         no-ops (every user state's watermark). Returns how many records were refetched.
         """
         if self.gaps is None:
             return 0
         async with self._lock:
             start = await self._expected(partition)
-            if start is None or start >= stop:
+            if start is None:
                 return 0
-            end = min(stop, start + self.settings.batch_max_events)
-            records = await self.gaps.fetch(partition, start, end)
+            records = await self.gaps.fetch(
+                partition, start, start + self.settings.batch_max_events
+            )
             if records:
                 await self._process(records)
             return len(records)

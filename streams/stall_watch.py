@@ -34,14 +34,19 @@ class StallWatch(Periodic):
         settled: Callable[[], bool],
         stats: Stats,
         every_s: float = STALL_CHECK_S,
+        highwater: Callable[[int], int | None] = lambda partition: None,
     ) -> None:
         """``assigned``: this worker's ``events`` partitions; ``settled``: not rebalancing or
-        recovering tables (the user states must be complete before anything is applied)."""
+        recovering tables (the user states must be complete before anything is applied);
+        ``highwater``: a partition's high watermark in the stream engine's newest fetch, which
+        raises a listed log end that is short (Tansu's, see
+        :meth:`streams.gap_repair.GapRepair.end_offsets`)."""
         super().__init__(every_s)
         self.processor = processor
         self.assigned = assigned
         self.settled = settled
         self.stats = stats
+        self.highwater = highwater
         self._seen: dict[int, int | None] = {}  # partition -> expected offset at the last check
         self._told: set[tuple[int, int | None]] = set()  # stalls a fetch could not repair
 
@@ -52,7 +57,8 @@ class StallWatch(Periodic):
             return
         assigned = self.assigned()
         ends = await processor.gaps.end_offsets(assigned)
-        for partition, end in sorted(ends.items()):
+        for partition, listed in sorted(ends.items()):
+            end = max(listed, self.highwater(partition) or 0)
             at = processor.next_offset.get(partition)
             before = self._seen.get(partition, -1)
             self._seen[partition] = at
@@ -64,7 +70,7 @@ class StallWatch(Periodic):
     async def _repair(
         self, processor: EventProcessor, partition: int, at: int | None, end: int
     ) -> None:
-        fetched = await processor.catch_up(partition, end)
+        fetched = await processor.catch_up(partition)
         if not fetched:
             if (partition, at) not in self._told:  # say it once, not every check
                 self._told.add((partition, at))

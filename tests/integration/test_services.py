@@ -13,6 +13,7 @@ import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
+from streams.gap_repair import GapRepair
 from streams.services import EmbeddedStack, ServiceError, Tansu, TopicSpec, create_topics
 
 if TYPE_CHECKING:  # conftest is not importable under --import-mode=importlib
@@ -126,6 +127,26 @@ def test_topics_are_created_idempotently_and_records_round_trip(
 
     produce(stack.bootstrap, items, [(b"i1", b"v1"), (b"i1", b"v2")])
     assert consume(stack.bootstrap, items, 2)[-1] == (b"i1", b"v2")
+
+
+async def test_gap_repair_knows_the_real_log_end_once_it_has_fetched(
+    stack: Stack, topic_names: str
+) -> None:
+    """Tansu lists a partition's end as its newest batch's base offset + 1 (1 for one batch
+    of 10); gap repair's end is never below a fetch's high watermark, on either broker."""
+    events = topic_names + "events"
+    create_topics(stack.bootstrap, {events: TopicSpec(1)})
+    ends = produce(stack.bootstrap, events, [(b"u1", b"%d" % n) for n in range(10)])
+    assert ends == {0: 10}
+    gaps = GapRepair([stack.bootstrap], topic_names + "g", events)
+    try:
+        listed = (await gaps.end_offsets({0}))[0]
+        assert 1 <= listed <= 10
+        fetched = await gaps.fetch(0, listed - 1, listed)  # one record, as a catch-up starts
+        assert [r.message.offset for r in fetched] == [listed - 1]
+        assert await gaps.end_offsets({0}) == {0: 10}
+    finally:
+        await gaps.close()
 
 
 def test_compacted_topic_has_compaction_configured(stack: Stack, topic_names: str) -> None:
