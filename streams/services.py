@@ -55,7 +55,8 @@ BROKER_KINDS = ("tansu", "apache-kafka")
 #   group.initial.rebalance.delay.ms=0 answers in under 0.2 s.
 # - ListOffsets(latest), i.e. end_offsets(), answers the last batch's base offset + 1, short of
 #   the real end when that batch held several records (7 instead of 10); fetches report the right
-#   high watermark. Lag computed from end offsets is therefore wrong on Tansu.
+#   high watermark. Lag computed from end offsets is therefore wrong on Tansu, and the stall watch
+#   raises them to the fetches' high watermarks (streams.gap_repair.GapRepair.end_offsets).
 # - Producing to an unknown topic auto-creates it with 4 partitions.
 # - Start-up to the first metadata answer takes 0.06-0.2 s. When the port is taken, Tansu still
 #   prints "listening on", then panics and exits with code 0; readiness is judged by metadata.

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     #: Rank in a child process (streams.rank_process) instead of a thread of the worker's.
     rank_process: bool = True
     #: Forward ``feedback`` labels to ``events`` (streams.feedback). Off by default until the
-    #: Tansu SIGKILL-restart failure in the README's "Topics" section is understood.
+    #: suite has run with it on (README, "Topics").
     feedback_agent: bool = False
     click_sync_s: float = Field(5.0, gt=0)
     weight_content: float = 1.0
