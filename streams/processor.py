@@ -259,21 +259,21 @@ class EventProcessor:
         """No batch being applied or waiting for Redis."""
         return not self._lock.locked() and not self.in_flight and not self.finishing
 
-    async def catch_up(self, partition: int) -> int:
+    async def catch_up(self, partition: int, end: int) -> int:
         """Apply the next batch of ``partition``'s records the stream has not delivered.
 
         For an assigned partition the stream engine stopped delivering (see
-        :mod:`streams.stall_watch`). Reads from where the partition is expected as far as the
-        log goes, up to one batch, not only up to the end the broker lists: Tansu lists an end
-        short of its newest batch's last records, and a catch-up that stopped there stranded
-        them (users short by the tail of each stalled partition). Re-deliveries later are
-        no-ops (every user state's watermark). Returns how many records were refetched.
+        :mod:`streams.stall_watch`), when it is expected below ``end``. Reads from there as far
+        as the log goes, up to one batch, not only up to ``end``: Tansu lists an end short of
+        its newest batch's last records, and a catch-up that stopped there stranded them (users
+        short by the tail of each stalled partition). Re-deliveries later are no-ops (every
+        user state's watermark). Returns how many records were refetched.
         """
         if self.gaps is None:
             return 0
         async with self._lock:
             start = await self._expected(partition)
-            if start is None:
+            if start is None or start >= end:
                 return 0
             records = await self.gaps.fetch(
                 partition, start, start + self.settings.batch_max_events

@@ -70,7 +70,7 @@ class StallWatch(Periodic):
     async def _repair(
         self, processor: EventProcessor, partition: int, at: int | None, end: int
     ) -> None:
-        fetched = await processor.catch_up(partition)
+        fetched = await processor.catch_up(partition, end)
         if not fetched:
             if (partition, at) not in self._told:  # say it once, not every check
                 self._told.add((partition, at))

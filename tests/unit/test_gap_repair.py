@@ -105,6 +105,16 @@ async def test_the_stream_engines_high_watermark_raises_a_short_listed_end(
     assert processor.offsets.committable == {0: 5}
 
 
+async def test_an_empty_partition_is_not_fetched(tmp_path: Path) -> None:
+    # Nothing delivered and nothing in the log: a fetch would hold the batch lock for its
+    # whole time-out every other check.
+    (sapp, _), processor, log = _processor_on(tmp_path, 0)
+    watch = StallWatch(lambda: processor, lambda: {0}, lambda: True, sapp.stats)
+    for _ in range(3):
+        await watch.tick()
+    assert not log.fetches and sapp.stats.counters["stall_repairs"] == 0
+
+
 async def test_a_partition_that_progresses_is_left_alone(tmp_path: Path) -> None:
     (sapp, _), processor, log = _processor_on(tmp_path, 6)
     watch = StallWatch(lambda: processor, lambda: {0}, lambda: True, sapp.stats)
