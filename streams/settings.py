@@ -67,9 +67,9 @@ class Settings(BaseSettings):
     click_model: bool = True  # learn re-ranking weights online (River logistic regression)
     #: Rank in a child process (streams.rank_process) instead of a thread of the worker's.
     rank_process: bool = True
-    #: Forward ``feedback`` labels to ``events`` (streams.feedback). Off by default until the
-    #: suite has run with it on (README, "Topics").
-    feedback_agent: bool = False
+    #: Forward ``feedback`` labels to ``events`` (streams.feedback); ``false`` leaves the
+    #: ``feedback`` topic to other consumers (the fine-tune trigger reads it either way).
+    feedback_agent: bool = True
     click_sync_s: float = Field(5.0, gt=0)
     weight_content: float = 1.0
     weight_collab: float = 0.35
