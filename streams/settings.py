@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     #: Rank in a child process (streams.rank_process) instead of a thread of the worker's.
     rank_process: bool = True
     #: Forward ``feedback`` labels to ``events`` (streams.feedback); ``false`` leaves the
-    #: ``feedback`` topic to other consumers (the fine-tune trigger reads it either way).
+    #: ``feedback`` topic to other consumers alone (e.g. a future fine-tune job).
     feedback_agent: bool = True
     click_sync_s: float = Field(5.0, gt=0)
     weight_content: float = 1.0
