@@ -48,7 +48,8 @@ class StallWatch(Periodic):
         self.stats = stats
         self.highwater = highwater
         self._seen: dict[int, int | None] = {}  # partition -> expected offset at the last check
-        self._told: set[tuple[int, int | None]] = set()  # stalls a fetch could not repair
+        #: partition -> the offset it last stalled at with a fetch returning nothing (told once)
+        self._told: dict[int, int | None] = {}
 
     async def tick(self) -> None:
         processor = self.processor()
@@ -66,14 +67,15 @@ class StallWatch(Periodic):
                 await self._repair(processor, partition, at, end)
         for gone in set(self._seen) - assigned:
             del self._seen[gone]
+            self._told.pop(gone, None)
 
     async def _repair(
         self, processor: EventProcessor, partition: int, at: int | None, end: int
     ) -> None:
         fetched = await processor.catch_up(partition, end)
         if not fetched:
-            if (partition, at) not in self._told:  # say it once, not every check
-                self._told.add((partition, at))
+            if partition not in self._told or self._told[partition] != at:  # once per stall
+                self._told[partition] = at
                 log.warning(
                     "partition %d: stalled at offset %s below its log end %d, and a fetch "
                     "returned no records",
