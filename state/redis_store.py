@@ -101,6 +101,30 @@ class Keys:
         return f"{self.prefix}emb:{content_hash}"
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedRecs:
+    """A top-K with its explanations as :data:`PUBLISH_USER_LUA` takes them.
+
+    The ranking child sends these instead of :class:`~state.ranking.Ranked`: two byte strings
+    per user unpickle about five times faster than 2K small objects, on the worker's GIL.
+    """
+
+    members: bytes  # JSON [score, item, ...]; b"" when there is no list
+    why: bytes  # JSON {item: explanation}
+    source: str = "personal"
+
+
+def encode_recs(
+    items: Sequence[tuple[str, float]], why: Mapping[str, str] | None, source: str
+) -> EncodedRecs:
+    # The top-K travels as one JSON argument that cjson decodes in the script: packing 2K
+    # separate arguments was the worker's hottest Python path.
+    members: list[float | str] = []
+    for item_id, score in items:
+        members += (score if math.isfinite(score) else 0.0, item_id)
+    return EncodedRecs(orjson.dumps(members) if members else b"", orjson.dumps(why or {}), source)
+
+
 @dataclass(slots=True)
 class UserWrite:
     """One user's state and (optionally) fresh recommendations, tagged with its watermark."""
@@ -116,6 +140,8 @@ class UserWrite:
     source: str = "personal"
     group: str = ""
     updated_at_ms: int = 0
+    #: Already encoded (by the ranking child); then ``items``, ``why`` and ``source`` are unused.
+    recs: EncodedRecs | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +160,7 @@ class RedisUnavailable(RuntimeError):
 
 def publish_call(keys: Keys, ttls: Ttls, w: UserWrite, now_ms: int) -> tuple[list[str], list[Arg]]:
     """``(KEYS, ARGV)`` of :data:`PUBLISH_USER_LUA` for one user write."""
-    # The top-K travels as one JSON argument ([score, member, ...]) that cjson decodes in the
-    # script: packing 2K separate arguments was the worker's hottest Python path.
-    members: list[float | str] = []
-    for item_id, score in w.items:
-        members += (score if math.isfinite(score) else 0.0, item_id)
+    recs = w.recs or encode_recs(w.items, w.why, w.source)
     args: list[Arg] = [
         w.partition,
         w.offset,
@@ -148,10 +170,10 @@ def publish_call(keys: Keys, ttls: Ttls, w: UserWrite, now_ms: int) -> tuple[lis
         ttls.user_s,
         ttls.recs_s,
         w.model_version,
-        w.source,
-        orjson.dumps(w.why or {}),
+        recs.source,
+        recs.why,
         w.group,
-        orjson.dumps(members) if members else b"",
+        recs.members,
     ]
     return [keys.user(w.user_id), keys.recs(w.user_id), keys.recs_meta(w.user_id)], args
 

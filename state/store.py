@@ -16,7 +16,7 @@ from typing import Protocol
 import orjson
 
 from state.popularity import log_add
-from state.redis_store import UserWrite
+from state.redis_store import UserWrite, encode_recs
 
 
 class RecsStore(Protocol):
@@ -73,13 +73,17 @@ class MemoryStore:
             if w.group:
                 current["group"] = w.group.encode()
             self.users[w.user_id] = current
-            if w.items:
-                self.recs[w.user_id] = sorted(w.items, key=lambda x: -x[1])
+            # As the Lua script reads it: from the encoded top-K (the ranking child's form).
+            recs = w.recs or encode_recs(w.items, w.why, w.source)
+            if recs.members:
+                flat = orjson.loads(recs.members)
+                items = list(zip(flat[1::2], flat[0::2], strict=True))
+                self.recs[w.user_id] = sorted(items, key=lambda x: -x[1])
                 self.meta[w.user_id] = {
                     "model_version": w.model_version,
                     "updated_at": updated,
-                    "source": w.source,
-                    "why": orjson.dumps(dict(w.why or {})).decode(),
+                    "source": recs.source,
+                    "why": recs.why.decode(),
                 }
             applied += 1
         return applied

@@ -33,6 +33,7 @@ import numpy as np
 
 from state.interest import Vector
 from state.ranking import Ranked, Ranker, RankRequest, Signals
+from state.redis_store import EncodedRecs, encode_recs
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +115,22 @@ def _start_child(ranker: Ranker, blas_threads: int) -> None:
         threadpool_limits(blas_threads, user_api="blas")
 
 
+def encoded(ranked: Sequence[Ranked]) -> list[EncodedRecs]:
+    return [encode_recs(r.items, r.why, r.source) for r in ranked]
+
+
 def _rank_in_child(
     large: dict[str, Any], small: dict[str, Any], packed: Packed, k: int
-) -> tuple[list[Ranked], float]:
+) -> tuple[list[EncodedRecs], float]:
     if _ranker is None:
         raise RuntimeError("ranking child not initialised")
     _kept.update(large)
     started = time.perf_counter()
     signals = Signals(**{name: _kept[name] for name in LARGE}, **small)
     ranked = _ranker.rank(signals, unpack(packed), k, _kept["titles"])
-    return ranked, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    # Encoded here, off the worker's GIL: the worker unpickles two byte strings per user.
+    return encoded(ranked), seconds
 
 
 def _noop() -> None:
@@ -174,8 +181,8 @@ class RankProcess:
         requests: Sequence[RankRequest],
         k: int,
         titles: dict[str, str],
-    ) -> tuple[list[Ranked], float]:
-        """Top-``k`` per request and the seconds the ranking itself took."""
+    ) -> tuple[list[EncodedRecs], float]:
+        """Top-``k`` per request, encoded for publishing, and the seconds the ranking took."""
         pool = self._ensure_pool()
         large = self._large(signals, titles)
         small = {f.name: getattr(signals, f.name) for f in fields(Signals) if f.name not in LARGE}
@@ -190,7 +197,7 @@ class RankProcess:
                 log.error("ranking process died; ranking this batch here, a new one follows")
             started = time.perf_counter()
             ranked = await asyncio.to_thread(self.ranker.rank, signals, requests, k, titles)
-            return ranked, time.perf_counter() - started
+            return encoded(ranked), time.perf_counter() - started
         except Exception:
             # The child may not hold what ``_large`` recorded as sent: send it all next time.
             # Re-raised: the processor dead-letters the batch with this reason.

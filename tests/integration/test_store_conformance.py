@@ -10,10 +10,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import orjson
 import pytest
 import redis
 
-from state.redis_store import BlockingPublisher, Keys, RedisStore, UserWrite
+from state.redis_store import BlockingPublisher, Keys, RedisStore, UserWrite, encode_recs
 from state.store import MemoryPublisher, MemoryStore, RecsStore
 
 pytestmark = pytest.mark.integration
@@ -54,6 +55,19 @@ async def test_a_write_replaces_the_whole_list(store: RecsStore) -> None:
     assert items == [("d", 0.7)]
     assert meta["source"] == "personal" and meta["model_version"] == "v1"
     assert (await store.read_user("alice"))["events"] == b"2"
+
+
+async def test_a_write_encoded_by_the_ranking_child_reads_back_the_same(store: RecsStore) -> None:
+    plain = _write(10, [("a", 0.9), ("b", 0.5)])
+    assert await store.publish_users([plain]) == 1
+    expected = await store.read_recs("alice", 10)
+    encoded = _write(11, [])
+    encoded.recs = encode_recs(plain.items, plain.why, "personal")
+    assert await store.publish_users([encoded]) == 1
+    items, meta = await store.read_recs("alice", 10)
+    assert items == expected[0] == [("a", 0.9), ("b", 0.5)]
+    assert {k: meta[k] for k in ("source", "why")} == {k: expected[1][k] for k in ("source", "why")}
+    assert orjson.loads(meta["why"]) == {"a": "because a", "b": "because b"}
 
 
 async def test_a_redelivered_write_changes_nothing(store: RecsStore) -> None:
