@@ -110,6 +110,21 @@ async def test_events_agent_applies_batches_and_dead_letters_bad_records(tmp_pat
     assert sapp.table[b"u1"] is not None
 
 
+async def test_a_user_evicted_from_the_cache_resumes_from_the_table(tmp_path: Path) -> None:
+    sapp, store, _ = _app(tmp_path)
+    assert sapp.table.get(b"u1") is None
+    async with sapp.events_agent.test_context() as agent:
+        for n in range(3):
+            await agent.put(_click(n), key=b"u1", wait=False)
+        await _until(lambda: store.users.get("u1", {}).get("events") == b"3")
+        assert sapp.table.get(b"u1") is not None
+        processor = sapp.event_processor
+        assert processor is not None
+        processor.cache.clear()  # as if evicted: the next event reads the table's copy
+        await agent.put(_click(3), key=b"u1", wait=False)
+        await _until(lambda: store.users.get("u1", {}).get("events") == b"4")
+
+
 async def test_a_batch_is_committable_only_once_its_recommendations_are_in_redis(
     tmp_path: Path,
 ) -> None:
