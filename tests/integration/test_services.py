@@ -13,6 +13,7 @@ import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
+from streams.bench import _bare_consume
 from streams.gap_repair import GapRepair
 from streams.services import EmbeddedStack, ServiceError, Tansu, TopicSpec, create_topics
 
@@ -127,6 +128,17 @@ def test_topics_are_created_idempotently_and_records_round_trip(
 
     produce(stack.bootstrap, items, [(b"i1", b"v1"), (b"i1", b"v2")])
     assert consume(stack.bootstrap, items, 2)[-1] == (b"i1", b"v2")
+
+
+async def test_the_benchmarks_bare_consumer_counts_each_record_once(
+    stack: Stack, topic_names: str
+) -> None:
+    """It once counted a fetch's records once per partition in the fetch (rate up to 4x)."""
+    topic = topic_names + "events"
+    create_topics(stack.bootstrap, {topic: TopicSpec(4)})
+    produce(stack.bootstrap, topic, [(f"u{i}".encode(), b'{"n": 1}') for i in range(400)])
+    seen, seconds = await _bare_consume(stack.bootstrap, 10**6, topic, partitions=4)
+    assert seen == 400 and seconds > 0
 
 
 async def test_gap_repair_knows_the_real_log_end_once_it_has_fetched(
