@@ -25,6 +25,7 @@ from streams.catalogue_sync import CatalogueSync
 from streams.click_sync import ClickSync, restore
 from streams.feedback import FeedbackForwarder
 from streams.gap_repair import GapRepair
+from streams.gc_policy import FullCollections
 from streams.groups_sync import GroupsSync
 from streams.offsets import OffsetCommitter
 from streams.processor import EventProcessor, ItemProcessor, Stats
@@ -202,9 +203,13 @@ class StreamrecApp:
         if settings.feedback_agent:
             self.feedback_agent = app.agent(self.feedback_topic, name="feedback")(self._feedback)
 
+        full_collections = FullCollections(settings.full_gc_s)
+
         @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
         async def heartbeat_stats() -> None:
             self.stats.tick()
+            if full_collections.tick():
+                self.stats.counters["gc_full_collections"] += 1
 
         async def forget_states(sender: Any, *args: Any, **kwargs: Any) -> None:
             if self.event_processor is not None:

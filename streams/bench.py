@@ -118,6 +118,8 @@ def run_bench(
             figures["freshness_p50_ms"] = round(stats.get("freshness_p50_ms", float("nan")), 1)
             figures["freshness_p99_ms"] = round(stats.get("freshness_p99_ms", float("nan")), 1)
             figures["steady_events"] = sent
+            # Garbage-collector pauses over the whole run (drain and steady phase).
+            figures["gc_pauses_over_100ms"] = int(stats.get("gc_pauses_over_100ms", 0))
         finally:
             worker.stop()
     stages = [

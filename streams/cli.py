@@ -47,6 +47,7 @@ def worker(loglevel: str) -> None:
     from faust.worker import Worker
 
     from encoders.registry import ModelNotFoundError
+    from streams import gc_policy
     from streams.app import create_app
     from streams.runtime import Runtime
 
@@ -60,7 +61,9 @@ def worker(loglevel: str) -> None:
         runtime = Runtime.build(settings)
     except (RedisUnavailable, ModelNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    gc_policy.configure()  # full collections on a clock from here on (streams/gc_policy.py)
     sapp = create_app(settings, runtime)
+    sapp.stats.watch_gc()
     faust_worker = Worker(sapp.app, loglevel=loglevel, quiet=True)
     # At --loglevel warning and above faust attaches a terminal spinner and lowers the root
     # logger to DEBUG so the spinner sees every record: every debug call in faust and aiokafka

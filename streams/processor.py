@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import threading
 import time
@@ -68,6 +69,22 @@ class Stats:
     _freshness: tuple[tuple[int, int], dict[str, float]] = field(
         default=((0, 0), {}), init=False, repr=False
     )
+
+    def watch_gc(self) -> None:
+        """Count the garbage collector's pauses (``gc`` seconds; pauses over 100 ms): a full
+        collection holds the GIL, so every batch in flight waits for it."""
+        started: list[float] = [0.0]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+                return
+            pause = time.perf_counter() - started[0]
+            self.seconds["gc"] += pause
+            if pause > 0.1:
+                self.counters["gc_pauses_over_100ms"] += 1
+
+        gc.callbacks.append(on_gc)
 
     def tick(self) -> None:
         self.counters["uptime_s"] = int(time.monotonic() - self.started)

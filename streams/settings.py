@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     #: ``feedback`` topic to other consumers alone (e.g. a future fine-tune job).
     feedback_agent: bool = True
     click_sync_s: float = Field(5.0, gt=0)
+    #: Seconds between the worker's full garbage collections (streams/gc_policy.py).
+    full_gc_s: float = Field(300.0, gt=0)
     weight_content: float = 1.0
     weight_collab: float = 0.35
     weight_popular: float = 0.15
