@@ -85,17 +85,16 @@ def run_bench(
         _publish_all(stack.bootstrap, payloads, quiet)
         say(f"bare stages (median of {BARE_REPEATS} runs each) ...")
         figures["raw_consume_events_per_s"] = _median(
-            lambda: _consume_rate(stack.bootstrap, n_events)
+            lambda _run: _consume_rate(stack.bootstrap, n_events)
         )
         matrix = _catalogue_matrix(client, [i["item_id"] for i in world.items])
         # With the BLAS threads the worker ranks with (one by default): the library's default,
         # one per core, made bare ranking ~45% faster than the worker's own setting allows.
         with threadpool_limits(Settings().blas_threads or None, user_api="blas"):
-            figures["bare_rank_users_per_s"] = _median(lambda: _bare_rank(matrix))
+            figures["bare_rank_users_per_s"] = _median(lambda _run: _bare_rank(matrix))
         item_ids = [i["item_id"] for i in world.items]
-        runs = iter(range(BARE_REPEATS))
         figures["bare_publish_users_per_s"] = _median(
-            lambda: _bare_publish(client, item_ids, next(runs))
+            lambda run: _bare_publish(client, item_ids, run)
         )
         say("pipeline: one worker drains the backlog ...")
         worker = WorkerProcess(env, Path(tmp) / "worker.log", free_port()).start()
@@ -135,9 +134,9 @@ def run_bench(
     }
 
 
-def _median(rate: Callable[[], float], runs: int = BARE_REPEATS) -> float:
-    """The median of ``runs`` measurements: one short run of a bare stage swung the limit ±5%."""
-    return float(np.median([rate() for _ in range(runs)]))
+def _median(rate: Callable[[int], float], runs: int = BARE_REPEATS) -> float:
+    """The median of ``rate(run)`` over ``runs`` runs: one short run swung the limit ±5%."""
+    return float(np.median([rate(run) for run in range(runs)]))
 
 
 def _encoder_figures() -> dict[str, Any]:

@@ -30,13 +30,13 @@ from state.groups import assign_and_learn
 from state.interest import StateCodecError, UserState, decode_state, encode_state, vector_bytes
 from state.interest import normalised as unit
 from state.popularity import log_add, log_increment
-from state.ranking import Ranked, RankRequest, Signals
-from state.redis_store import UserWrite
+from state.ranking import RankRequest, Signals
+from state.redis_store import EncodedRecs, UserWrite
 from streams.deadletters import dead_letter_headers
 from streams.gap_repair import GapRepair
 from streams.groups_sync import GroupsSync
 from streams.offsets import OffsetLedger, Ticket
-from streams.rank_process import RankProcess
+from streams.rank_process import RankProcess, encoded
 from streams.records import InvalidRecord, Item, Limits, parse_event, parse_item
 from streams.records_vectors import ItemVector, encode_item_vector
 from streams.runtime import Runtime
@@ -436,10 +436,12 @@ class EventProcessor:
             self.offsets.close(ticket)
 
     def _rank(self, requests: list[RankRequest], writes: list[UserWrite], signals: Signals) -> None:
-        """Ranking thread: top-K per user, filled into ``writes``."""
+        """Ranking thread: top-K per user, encoded for publishing (as the child does) into
+        ``writes``."""
         started = time.perf_counter()
         ranked = self.engine.rank_requests(requests, self.settings.top_k, signals)
-        self._fill(writes, ranked, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self._fill(writes, encoded(ranked), seconds)
 
     async def _rank_elsewhere(
         self,
@@ -453,17 +455,12 @@ class EventProcessor:
         started = time.perf_counter()
         ranked, seconds = await child.rank(signals, requests, self.settings.top_k, titles)
         self.stats.seconds["rank_wall"] += time.perf_counter() - started  # with the transfer
+        self._fill(writes, ranked, seconds)
+
+    def _fill(self, writes: list[UserWrite], ranked: list[EncodedRecs], seconds: float) -> None:
         for write, recs in zip(writes, ranked, strict=True):
             write.recs = recs
-        self._ranked(len(writes), seconds)
-
-    def _fill(self, writes: list[UserWrite], ranked: list[Ranked], seconds: float) -> None:
-        for write, result in zip(writes, ranked, strict=True):
-            write.items, write.why, write.source = result.items, result.why, result.source
-        self._ranked(len(writes), seconds)
-
-    def _ranked(self, users: int, seconds: float) -> None:
-        self.stats.counters["users_ranked"] += users
+        self.stats.counters["users_ranked"] += len(writes)
         self.stats.seconds["rank"] += seconds
 
     async def _publish_after(
