@@ -167,6 +167,7 @@ class StreamrecApp:
             self._commit_events,
         )
         self.ready = asyncio.Event()
+        self._loop_watch: asyncio.Future[None] | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank")
         self.publish_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
         self._register()
@@ -191,6 +192,7 @@ class StreamrecApp:
                 await self.rank_process.start()
             self.stall_watch.start()
             self.committer.start()
+            self._loop_watch = asyncio.ensure_future(self.stats.watch_loop())
             self.ready.set()
             log.info(
                 "streamrec worker ready: encoder %s, %d items",
@@ -229,6 +231,8 @@ class StreamrecApp:
         """Let batches in flight reach Redis and commit them; the rest is redelivered."""
         await self.stall_watch.stop()
         await self.committer.stop()
+        if self._loop_watch is not None:
+            self._loop_watch.cancel()
         processor = self.event_processor
         if processor is not None:
             processor.stopping.set()

@@ -277,9 +277,11 @@ def _steady_figures(before: dict[str, Any], after: dict[str, Any], sent: int) ->
         for k, v in after.get("stage_seconds", {}).items()
     }
     batches = after.get("batches", 0) - before.get("batches", 0)
+    stalls = "loop_stalls_over_100ms"
     return {
         "steady_stage_us_per_event": stages,
         "steady_events_per_batch": round(sent / max(batches, 1), 1),
+        f"steady_{stalls}": after.get(stalls, 0) - before.get(stalls, 0),
     }
 
 

@@ -86,6 +86,18 @@ class Stats:
 
         gc.callbacks.append(on_gc)
 
+    async def watch_loop(self, interval_s: float = 0.02) -> None:
+        """Count the event loop's stalls (``loop_stalls_over_100ms``, ``loop_stall`` seconds):
+        a probe that sleeps ``interval_s`` and wakes over 100 ms late means every callback
+        waited that long (a long batch, a blocking call, a pause). Runs until cancelled."""
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(interval_s)
+            late = time.perf_counter() - started - interval_s
+            if late > 0.1:
+                self.counters["loop_stalls_over_100ms"] += 1
+                self.seconds["loop_stall"] += late
+
     def tick(self) -> None:
         self.counters["uptime_s"] = int(time.monotonic() - self.started)
 
