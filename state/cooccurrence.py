@@ -117,13 +117,14 @@ def collab_scores(
     # Row maxima straight from the entries (scipy's ``max(axis=1)`` first sorted and summed
     # duplicates again: ~6% of ranking); implicit zeros count, as there.
     counts = np.diff(out.indptr)
-    row_max = np.zeros(out.shape[0], dtype=np.float64)
+    row_max = np.zeros(out.shape[0], dtype=out.dtype)
     filled = counts > 0
     if out.nnz:
         row_max[filled] = np.maximum.reduceat(out.data, out.indptr[:-1][filled])
     row_max = np.where(counts < n, np.maximum(row_max, 0.0), row_max)
     inv = np.divide(1.0, row_max, out=np.zeros_like(row_max), where=row_max > 0)
-    out.data = (out.data * np.repeat(inv, counts)).astype(np.float32)
+    # float32 products, as the diagonal product made them: rankings unchanged to the bit.
+    out.data = out.data * np.repeat(inv.astype(np.float32), counts)
     out.eliminate_zeros()  # rows without a positive entry: empty, as a product leaves them
     return out
 

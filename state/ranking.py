@@ -454,7 +454,8 @@ class Ranker:
         # Every user's entries best first in one sort: (user, -value) keys, then each entry's
         # place within its user; a Python loop of per-user argsorts was 2% of ranking.
         # One float64 key per entry, users spaced wider than any value's range: a stable
-        # argsort of it orders like ``lexsort((-data, owners))`` at 40% of its time.
+        # argsort of it orders like ``lexsort((-data, owners))`` at 40% of its time (values
+        # within ~1e-13 of each other tie there and keep their column order).
         owners = np.repeat(np.arange(batch), np.diff(indptr))
         values = data.astype(np.float64)
         span = 2.0 * float(np.abs(values).max()) + 1.0
