@@ -272,8 +272,9 @@ def _drain_rate(worker: WorkerProcess, n_events: int, quiet: bool) -> float:
 
 def _steady_figures(before: dict[str, Any], after: dict[str, Any], sent: int) -> dict[str, Any]:
     """The steady phase's own stage costs (µs per event) and mean batch size (events)."""
+    start = before.get("stage_seconds", {})
     stages = {
-        k: round((v - before.get("stage_seconds", {}).get(k, 0.0)) * 1e6 / max(sent, 1), 1)
+        k: round((v - start.get(k, 0.0)) * 1e6 / max(sent, 1), 1)
         for k, v in after.get("stage_seconds", {}).items()
     }
     batches = after.get("batches", 0) - before.get("batches", 0)
