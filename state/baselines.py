@@ -23,7 +23,7 @@ from state.engine import Engine, EngineConfig, Interaction
 from state.groups import GroupConfig, LocalGroups, SharedGroups, assign_and_learn, merge
 from state.interest import POSITIVE_TYPES, UserState, event_weight, normalised
 from state.popularity import Popularity
-from state.ranking import BlendWeights, Ranker, RankRequest
+from state.ranking import BlendWeights, Ranker, RankRequest, served_lists
 from state.reader import GROUP_WARMUP_EVENTS
 
 Rows = npt.NDArray[np.intp]
@@ -188,8 +188,11 @@ class EngineRecommender:
             requests.append(request)
         signals = engine.signals()  # streamrec itself: the click model's learned weights
         if self.name not in CLICK_MODEL_VARIANTS:
-            signals = replace(signals, weights=None)  # an ablation's own fixed weights
+            # An ablation's own fixed weights, no competing order.
+            signals = replace(signals, weights=None, alternative=None)
         ranked = self.ranker.rank(signals, requests, k, catalogue.titles)
+        if self.name in CLICK_MODEL_VARIANTS:
+            engine.served(served_lists(ranked))
         out: list[list[int]] = []
         n = len(catalogue.snapshot())
         for q, result in zip(queries, ranked, strict=True):

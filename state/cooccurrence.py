@@ -57,6 +57,12 @@ class CoOccurrence:
             self._normalised = sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ counts)
         return self._normalised
 
+    def counts(self, n: int) -> sp.csr_matrix:
+        """The decayed pair counts as of the newest event, ``(n, n)``, every pair folded in."""
+        if self._rows:
+            self._fold()
+        return self._resized(self._counts, n)
+
     def scores(self, recent: list[list[tuple[int, float]]], n: int) -> sp.csr_matrix:
         """``(len(recent), n)`` sparse collaborative scores, each row scaled to max 1."""
         return collab_scores(self.transition(n), recent, n)

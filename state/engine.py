@@ -16,6 +16,7 @@ import numpy as np
 from state.catalogue import Catalogue
 from state.click_model import ClickModel
 from state.cooccurrence import CoOccurrence, collab_at
+from state.ease import HISTORY, EaseLearner, user_items
 from state.features import (
     FEATURES,
     FeatureWeights,
@@ -25,6 +26,7 @@ from state.features import (
     freshness,
     shown_at,
 )
+from state.guard import RankingGuard
 from state.interest import (
     ENGAGED_TYPES,
     FORWARDED_PREFIX,
@@ -46,6 +48,7 @@ from state.ranking import (
     Ranked,
     Ranker,
     RankRequest,
+    Served,
     Signals,
     group_rows,
 )
@@ -94,6 +97,14 @@ class EngineConfig:
     click_model: bool = True
     #: Learn from one in this many labelled events.
     click_every: int = 8
+    #: Fit EASE over engaged items (see :mod:`state.ease`): ranking candidates and a feature.
+    ease: bool = True
+    ease_half_life_s: float = 365 * 24 * 3600.0
+    ease_l2: float = 100.0
+    #: The inversion is cubic in this: 2,000 items take ~1 s on one core.
+    ease_max_items: int = 2000
+    #: Engaged events between two EASE refits.
+    ease_refit_every: int = 2048
 
     @property
     def interests(self) -> InterestConfig:
@@ -136,6 +147,16 @@ class Engine:
         self.ranker = Ranker(self.config.weights, index)
         self._interests = self.config.interests
         self.click: ClickModel | None = ClickModel() if self.config.click_model else None
+        cfg = self.config
+        self.ease: EaseLearner | None = (
+            EaseLearner(cfg.ease_half_life_s, cfg.ease_l2, cfg.ease_max_items, cfg.ease_refit_every)
+            if cfg.ease
+            else None
+        )
+        #: Refit EASE inside :meth:`apply` when due (a replay); a worker refits on a thread.
+        self.ease_inline = True
+        #: Learned or collaborative re-ranking, whichever serves better (with the click model).
+        self.guard: RankingGuard | None = RankingGuard() if self.click is not None else None
         self._negatives = random.Random(0)  # noqa: S311 - sampling, not security
         self._frozen: tuple[float, Signals] | None = None
         self._click_seen = 0
@@ -162,14 +183,12 @@ class Engine:
         if forwarded and event.event_id in state.forwarded:
             return False  # the feedback agent sent this label twice (at-least-once)
         self._ensure_version(state)
-        engaged = state.engaged(RECENT_ITEMS)
+        history = state.engaged(HISTORY)
+        engaged = history[:RECENT_ITEMS]
         recent = [self.catalogue.row(h.item_id) for h in engaged]
         item_vec = self.catalogue.vector(event.item_id) if event.item_id else None
-        if self.click is not None and item_vec is not None:
-            started = time.perf_counter()
-            # Before the event is applied: test-then-train.
-            self._learn_click(state, engaged, event)
-            self.learn_seconds += time.perf_counter() - started
+        if item_vec is not None:
+            self._learn_before(state, engaged, event)
         entry = apply_event(
             state,
             event_type=event.event_type,
@@ -196,6 +215,8 @@ class Engine:
                     previous = [r for r in recent if r is not None]
                     self.cooccurrence.observe(previous, row, event.ts_ms)
                     self.cooccurrence_long.observe(previous, row, event.ts_ms)
+                    if self.ease is not None:
+                        self._observe_ease(history, row, event.ts_ms)
         if state.pending:
             resolve_pending(
                 state,
@@ -203,6 +224,25 @@ class Engine:
                 self.config.interest_half_life_s,
             )
         return True
+
+    def _learn_before(
+        self, state: UserState, engaged: list[HistoryEntry], event: Interaction
+    ) -> None:
+        """Test-then-train: what ranking served is judged, and the click model learns, before
+        the event changes the state."""
+        if self.guard is not None and event.item_id and event.event_type in POSITIVE_TYPES:
+            self.guard.observe(event.user_id, event.item_id)
+        if self.click is not None:
+            started = time.perf_counter()
+            self._learn_click(state, engaged, event)
+            self.learn_seconds += time.perf_counter() - started
+
+    def _observe_ease(self, history: list[HistoryEntry], row: int, ts_ms: int) -> None:
+        assert self.ease is not None  # noqa: S101 - the caller checked
+        rows = [(self.catalogue.row(h.item_id), h.weight) for h in history]
+        self.ease.observe([(r, w) for r, w in rows if r is not None], row, 1.0, ts_ms)
+        if self.ease_inline and self.ease.due:
+            self.ease.refit(len(self.catalogue.snapshot()))
 
     def _group_popularity(self, group: str) -> Popularity:
         found = self.group_popularity.get(group)
@@ -222,6 +262,7 @@ class Engine:
             interests=self._active(state),
             categories=self._category_shares(state),
             group=state.group,
+            history=[(h.item_id, h.weight) for h in state.engaged(HISTORY)],
         )
 
     def _category_shares(self, state: UserState) -> dict[str, float]:
@@ -235,6 +276,12 @@ class Engine:
         total = sum(counts.values())
         return {c: v / total for c, v in counts.items()} if total else {}
 
+    def served(self, lists: Sequence[Served]) -> None:
+        """Tell the guard what was just served (and what the other order would have been)."""
+        if self.guard is not None:
+            for user_id, items, alternative in lists:
+                self.guard.remember(user_id, items, alternative)
+
     def rank(self, users: Sequence[tuple[str, UserState]], k: int) -> list[Ranked]:
         """Top-``k`` for each ``(user_id, state)``."""
         return self.rank_requests([self.request(u, s) for u, s in users], k)
@@ -245,6 +292,10 @@ class Engine:
         n = len(snapshot)
         groups = sorted(self.group_popularity)
         by_group = [self.group_popularity[g].normalised(n) for g in groups]
+        learned = self.shared_weights or (self.click.weights() if self.click is not None else None)
+        weights, alternative = (
+            self.guard.weights(learned) if self.guard is not None else (learned, None)
+        )
         return Signals(
             snapshot,
             self.popularity.normalised(n),
@@ -259,7 +310,9 @@ class Engine:
             ),
             np.stack([*by_group, np.zeros(n, dtype=np.float32)]),
             {g: i for i, g in enumerate(groups)},
-            self.shared_weights or (self.click.weights() if self.click is not None else None),
+            weights,
+            self.ease.model if self.ease is not None else None,
+            alternative,
         )
 
     def _learn_click(
@@ -368,12 +421,23 @@ class Engine:
             if snapshot.index.get(item_id, n) < n
         ]
         at = np.asarray(rows, dtype=np.intp)
+        ease = np.zeros(len(rows), dtype=np.float32)
+        if signals.ease is not None:
+            mine = user_items(
+                [
+                    (snapshot.index[h.item_id], h.weight)
+                    for h in state.engaged(HISTORY)
+                    if snapshot.index.get(h.item_id, n) < n
+                ]
+            )
+            ease = signals.ease.at(signals.ease.scores([mine]), at[None, :])[0]
         shares = coded_shares(self._category_shares(state), snapshot.category_index)
         places = [*places, *[None] * (len(rows) - len(places))]
         feats = feature_stack(
             content.astype(np.float32),
             collab_at(signals.transition, recent, rows),
             collab_at(signals.transition_long, recent, rows),
+            ease,
             signals.popularity[at],
             signals.popularity_long[at],
             category_affinity(snapshot.category_codes, [shares], at[None, :])[0],

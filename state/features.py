@@ -1,12 +1,13 @@
 """Ranking-time features of (user, item) pairs: what the click model learns from and re-ranks by.
 
 One pure function builds them from the signals ranking already holds (content similarity,
-co-occurrence and popularity at two time scales each, the user's affinity for the item's
-category, the item's freshness by its ``created_at``, its popularity within the user's group,
-where it was shown) plus pairwise products, so the click model's training rows
-(:mod:`state.engine`) and the ranker's re-ranking (:mod:`state.ranking`) can never disagree on
-what a feature means. The products let a linear model learn "popular *within* what this user
-reads" rather than "popular", which a blend of the raw signals cannot express.
+co-occurrence and popularity at two time scales each, the EASE score (:mod:`state.ease`), the
+user's affinity for the item's category, the item's freshness by its ``created_at``, its
+popularity within the user's group, where it was shown) plus pairwise products, so the click
+model's training rows (:mod:`state.engine`) and the ranker's re-ranking (:mod:`state.ranking`)
+can never disagree on what a feature means. The products let a linear model learn "popular
+*within* what this user reads" rather than "popular", which a blend of the raw signals cannot
+express.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ BASE: Final = (
     "content",
     "collab",
     "collab_long",
+    "ease",
     "popular",
     "popular_long",
     "category",
@@ -74,6 +76,7 @@ def feature_stack(
     content: FloatArray,
     collab: FloatArray,
     collab_long: FloatArray,
+    ease: FloatArray,
     popular: FloatArray,
     popular_long: FloatArray,
     category: FloatArray,
@@ -87,11 +90,22 @@ def feature_stack(
     rows themselves.
 
     >>> one = np.ones(2, dtype=np.float32)
-    >>> feature_stack(one * 0.5, one, one, one * 0.2, one, one * 0, one, one, one).shape
-    (17, 2)
+    >>> feature_stack(one * 0.5, one, one, one, one * 0.2, one, one * 0, one, one, one).shape
+    (18, 2)
     """
     base = np.stack(
-        [content, collab, collab_long, popular, popular_long, category, fresh, group, position]
+        [
+            content,
+            collab,
+            collab_long,
+            ease,
+            popular,
+            popular_long,
+            category,
+            fresh,
+            group,
+            position,
+        ]
     ).astype(np.float32, copy=False)
     base[~np.isfinite(base)] = 0.0
     # Four array operations whatever the number of products: the click model's training rows

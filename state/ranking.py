@@ -18,7 +18,9 @@ import scipy.sparse as sp  # type: ignore[import-untyped]
 
 from state.catalogue import CatalogueSnapshot
 from state.cooccurrence import collab_scores
+from state.ease import EaseModel, user_items
 from state.features import FeatureWeights, category_affinity, coded_shares, feature_stack
+from state.guard import DEPTH
 from state.interest import Vector
 from state.multi_interest import interleave
 
@@ -123,6 +125,10 @@ class Signals:
     group_index: Mapping[str, int]
     #: The click model's re-ranking weights (:mod:`state.features`); None: the blend's order.
     weights: FeatureWeights | None = None
+    #: The newest EASE fit (:mod:`state.ease`); None before the first (its feature is 0).
+    ease: EaseModel | None = None
+    #: The re-ranking that competes with ``weights`` (:mod:`state.guard`); None: the blend's.
+    alternative: FeatureWeights | None = None
 
 
 @dataclass(slots=True)
@@ -138,6 +144,8 @@ class RankRequest:
     #: Category -> share of the user's recent positives (the click model's category affinity).
     categories: dict[str, float] = field(default_factory=dict)
     group: str = ""  # the user's group (``sr:user:{u}`` ``group``); "" for none
+    #: The user's engaged items, newest first, ``(item, event weight)``: their EASE row.
+    history: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -148,6 +156,19 @@ class Ranked:
     items: list[tuple[str, float]]
     why: dict[str, str]
     source: str = "personal"
+    #: The competing re-ranking's first places (:mod:`state.guard`); empty: none competed.
+    alternative: list[str] = field(default_factory=list)
+
+
+#: ``(user, served item ids, the competing order's first ids)``: what the guard remembers.
+Served = tuple[str, list[str], list[str]]
+
+
+def served_lists(ranked: Sequence[Ranked]) -> list[Served]:
+    """What :class:`state.guard.RankingGuard` needs of a batch (users with a competing list)."""
+    return [
+        (r.user_id, [i for i, _ in r.items[:DEPTH]], r.alternative) for r in ranked if r.alternative
+    ]
 
 
 class Ranker:
@@ -209,7 +230,20 @@ class Ranker:
             items = interleave([r.items for r in lists], shares, k)
             why = {i: r.why[i] for r in reversed(lists) for i, _ in r.items}
             source = "personal" if items else "popular"
-            out.append(Ranked(request.user_id, items, {i: why[i] for i, _ in items}, source))
+            other = interleave(
+                [[(i, -float(p)) for p, i in enumerate(r.alternative)] for r in lists],
+                shares,
+                DEPTH,
+            )
+            out.append(
+                Ranked(
+                    request.user_id,
+                    items,
+                    {i: why[i] for i, _ in items},
+                    source,
+                    [i for i, _ in other],
+                )
+            )
         return out
 
     def _rank_rows(
@@ -249,6 +283,24 @@ class Ranker:
         blended = sp.csr_matrix(0.5 * (collab + collab_long))
         pop = signals.popularity
         rows_x = self._extra_rows(blended, signals.top_popular, batch)
+        ease = signals.ease
+        ease_scores = None
+        if ease is not None and self.extra:
+            ease_scores = ease.scores(
+                [
+                    user_items([(index_of[i], w) for i, w in r.history if index_of.get(i, n) < n])
+                    for r in requests
+                ]
+            )
+            # The best EASE items join the candidates (their columns -> catalogue rows).
+            top = _top_columns(ease_scores, self.extra)
+            rows_x = np.concatenate(
+                [
+                    rows_x,
+                    np.where(np.take_along_axis(ease_scores, top, axis=1) > 0, ease.rows[top], -1),
+                ],
+                axis=1,
+            )
         # Enough content candidates that k survive the exclusions; extras cover collab/pop.
         rows_c, sims_c, sims_x = self.index.search(
             snapshot, queries, min(n, k + 16), exclude, rows_x
@@ -260,6 +312,11 @@ class Ranker:
         cf = _gather(collab, user_idx, safe)
         cf_long = _gather(collab_long, user_idx, safe)
         cf_blend = 0.5 * (cf + cf_long)
+        ez = (
+            ease.at(ease_scores, safe)
+            if ease is not None and ease_scores is not None
+            else np.zeros(rows.shape, dtype=np.float32)
+        )
         parts = np.stack(
             [
                 weights.content * sims,
@@ -279,9 +336,10 @@ class Ranker:
         best = np.argpartition(-score, k - 1, axis=1)[:, :k]
         top_score = np.take_along_axis(score, best, axis=1)
         m = min(self.rerank_depth, k)
-        if signals.weights is not None and m > 0:
-            best, top_score = self._rerank_head(
-                signals, requests, rows, best, score, sims, (cf, cf_long), pop[safe], m
+        alternative = np.full((batch, 0), -1, dtype=np.intp)
+        if (signals.weights is not None or signals.alternative is not None) and m > 0:
+            best, top_score, alternative = self._rerank_head(
+                signals, requests, rows, best, score, sims, (cf, cf_long, ez), pop[safe], m
             )
         order = np.argsort(-top_score, axis=1, kind="stable")
         best = np.take_along_axis(best, order, axis=1)
@@ -292,9 +350,16 @@ class Ranker:
             axis=0,
         )
         anchors = self._anchors(snapshot, chosen[:, :EXPLAINED], recent_rows)
-        return self._assemble(
+        ranked = self._assemble(
             snapshot, requests, recent_rows, chosen, top_score, strongest, anchors, titles or {}
         )
+        if alternative.shape[1]:
+            ids = snapshot.id_array[np.maximum(alternative, 0)].tolist()
+            keep = (alternative >= 0).tolist()
+            for r, row_ids, ok in zip(ranked, ids, keep, strict=True):
+                if r.items:
+                    r.alternative = [i for i, good in zip(row_ids, ok, strict=True) if good]
+        return ranked
 
     def _rerank_head(
         self,
@@ -304,18 +369,18 @@ class Ranker:
         best: IndexMatrix,
         score: FloatMatrix,
         sims: FloatMatrix,
-        cf: tuple[FloatMatrix, FloatMatrix],
+        cf: tuple[FloatMatrix, FloatMatrix, FloatMatrix],
         pop: FloatMatrix,
         m: int,
-    ) -> tuple[IndexMatrix, FloatMatrix]:
-        """The list's first ``m`` places chosen by the click model, then the blend's order.
+    ) -> tuple[IndexMatrix, FloatMatrix, IndexMatrix]:
+        """The list's first ``m`` places chosen by the click model, then the blend's order;
+        and the first :data:`~state.guard.DEPTH` rows the competing order would have served.
 
         The click model picks among the blend's best ``m`` and the candidates with the best
         collaborative and popularity scores in the user's categories (what a content-heavy
         blend leaves out is what the learned weights may want in); the rest of a longer list
         keeps the blend's order.
         """
-        assert signals.weights is not None  # noqa: S101 - the caller checked
         batch, k = best.shape
         cf_blend = 0.5 * (cf[0] + cf[1])
         top_score = np.take_along_axis(score, best, axis=1)
@@ -333,7 +398,7 @@ class Ranker:
         affinity = category_affinity(snapshot.category_codes, shares, np.maximum(rows, 0))
         mine = affinity > 0
         mine |= np.asarray([not user for user in shares], dtype=np.bool_)[:, None]
-        sources = [np.where(valid & mine, v, -np.inf) for v in (cf_blend, pop)]
+        sources = [np.where(valid & mine, v, -np.inf) for v in (cf_blend, cf[2], pop)]
         columns = [_top_columns(v, self.extra) for v in sources]
         extra = np.concatenate(columns, axis=1)
         # A user with fewer eligible candidates than places gets padding columns: never picked.
@@ -346,9 +411,22 @@ class Ranker:
         pool_score[:, m:][np.take_along_axis(in_head, extra, axis=1) | ~eligible] = -np.inf
         _mask_duplicates(pool, pool_score)
         groups = group_rows(signals, [r.group for r in requests])
-        learned = self._rerank(
-            signals, signals.weights, rows, pool, sims, cf, affinity, groups, pool_score
+        served, other = (
+            pool_score
+            if w is None
+            else self._rerank(signals, w, rows, pool, sims, cf, affinity, groups, pool_score)
+            for w in (signals.weights, signals.alternative)
         )
+        learned = served
+        if signals.alternative is None and signals.weights is not None:
+            alternative = np.full((batch, 0), -1, dtype=np.intp)
+        else:
+            top = np.argsort(-other, axis=1, kind="stable")[:, :DEPTH]
+            alternative = np.where(
+                np.isfinite(np.take_along_axis(other, top, axis=1)),
+                np.take_along_axis(rows, np.take_along_axis(pool, top, axis=1), axis=1),
+                -1,
+            )
         pick = np.argsort(-learned, axis=1, kind="stable")[:, :m]
         head, head_score = (
             np.take_along_axis(pool, pick, axis=1),
@@ -366,6 +444,7 @@ class Ranker:
         return (
             np.concatenate([head, tail], axis=1),
             np.concatenate([head_score, _below(tail_score, head_score)], axis=1),
+            alternative,
         )
 
     @staticmethod
@@ -375,22 +454,23 @@ class Ranker:
         rows: IndexMatrix,
         best: IndexMatrix,
         sims: FloatMatrix,
-        cf: tuple[FloatMatrix, FloatMatrix],
+        cf: tuple[FloatMatrix, FloatMatrix, FloatMatrix],
         affinity: FloatMatrix,
         groups: IndexMatrix,
         top_score: FloatMatrix,
     ) -> FloatMatrix:
         """Click-model scores of the chosen candidates (``-inf`` stays ``-inf``).
 
-        ``sims``, ``cf`` and ``affinity`` (the user's share of the category) are per candidate
-        (``rows``' shape); ``groups`` is each user's row of ``signals.group_popular``, ``(b, 1)``;
-        ``best`` picks the columns to score.
+        ``sims``, ``cf`` (co-occurrence at both time scales, EASE) and ``affinity`` (the user's
+        share of the category) are per candidate (``rows``' shape); ``groups`` is each user's
+        row of ``signals.group_popular``, ``(b, 1)``; ``best`` picks the columns to score.
         """
         chosen = np.maximum(np.take_along_axis(rows, best, axis=1), 0)
         feats = feature_stack(
             np.take_along_axis(sims, best, axis=1),
             np.take_along_axis(cf[0], best, axis=1),
             np.take_along_axis(cf[1], best, axis=1),
+            np.take_along_axis(cf[2], best, axis=1),
             signals.popularity[chosen],
             signals.popularity_long[chosen],
             np.take_along_axis(affinity, best, axis=1),

@@ -23,6 +23,7 @@ from faust.web import Request, Response, View
 from state.groups import GroupConfig
 from streams.catalogue_sync import CatalogueSync
 from streams.click_sync import ClickSync, restore
+from streams.ease_refit import EaseRefit
 from streams.feedback import FeedbackForwarder
 from streams.gap_repair import GapRepair
 from streams.gc_policy import FullCollections
@@ -152,6 +153,7 @@ class StreamrecApp:
         self.event_processor: EventProcessor | None = None
         self.groups: GroupsSync | None = None
         self.click_sync: ClickSync | None = None
+        self.ease_refit: EaseRefit | None = None
         self.rank_process: RankProcess | None = None
         self.stall_watch = StallWatch(
             lambda: self.event_processor,
@@ -287,6 +289,9 @@ class StreamrecApp:
                 runtime.store, engine, self.executor, config, settings.groups_sync_s, settings.top_k
             )
             self.groups.start()
+        if engine.ease is not None:
+            self.ease_refit = EaseRefit(engine, self.stats)
+            self.ease_refit.start()
         if engine.click is not None:
             if restore(engine, settings.data_dir):
                 log.info("click model resumed from its checkpoint")
@@ -304,6 +309,8 @@ class StreamrecApp:
             await self.groups.stop()
         if self.click_sync is not None:
             await self.click_sync.stop()
+        if self.ease_refit is not None:
+            await self.ease_refit.stop()
 
     async def _events(self, stream: faust.StreamT[Any]) -> None:
         """The events agent: batches of raw events in, user states and rankings out."""

@@ -30,7 +30,7 @@ from state.groups import assign_and_learn
 from state.interest import StateCodecError, UserState, decode_state, encode_state, vector_bytes
 from state.interest import normalised as unit
 from state.popularity import log_add, log_increment
-from state.ranking import RankRequest, Signals
+from state.ranking import RankRequest, Served, Signals, served_lists
 from state.redis_store import EncodedRecs, UserWrite
 from streams.deadletters import dead_letter_headers
 from streams.gap_repair import GapRepair
@@ -387,18 +387,21 @@ class EventProcessor:
         # Requests, writes and signals are copies: the loop may change the states, popularity
         # and co-occurrence while the ranking thread works on them.
         signals = self.engine.signals()
+        served: list[Served] = []  # filled by ranking, handed to the guard on the loop
         ranked: asyncio.Future[None]
         if self.rank_process is not None:  # submitted now, so batches reach it in order
             ranked = asyncio.ensure_future(
-                self._rank_elsewhere(self.rank_process, requests, writes, signals)
+                self._rank_elsewhere(self.rank_process, requests, writes, signals, served)
             )
         else:
             loop = asyncio.get_running_loop()
-            ranked = loop.run_in_executor(self.executor, self._rank, requests, writes, signals)
+            ranked = loop.run_in_executor(
+                self.executor, self._rank, requests, writes, signals, served
+            )
         # Publishing runs on its own thread, so batch N's Redis round trip overlaps batch N+1's
         # ranking; batches reach Redis in order (and the watermark rejects any stale write).
         self.publishing = asyncio.ensure_future(
-            self._publish_after(self.publishing, ranked, writes, popular, produced_ms)
+            self._publish_after(self.publishing, ranked, writes, popular, produced_ms, served)
         )
         published = self.publishing
         rows = [
@@ -448,13 +451,20 @@ class EventProcessor:
             await self.dead.fail_batch(batch, exc)
             self.offsets.close(ticket)
 
-    def _rank(self, requests: list[RankRequest], writes: list[UserWrite], signals: Signals) -> None:
+    def _rank(
+        self,
+        requests: list[RankRequest],
+        writes: list[UserWrite],
+        signals: Signals,
+        served: list[Served],
+    ) -> None:
         """Ranking thread: top-K per user, encoded for publishing (as the child does) into
         ``writes``."""
         started = time.perf_counter()
         ranked = self.engine.rank_requests(requests, self.settings.top_k, signals)
         seconds = time.perf_counter() - started
         self._fill(writes, encoded(ranked), seconds)
+        served += served_lists(ranked)
 
     async def _rank_elsewhere(
         self,
@@ -462,13 +472,15 @@ class EventProcessor:
         requests: list[RankRequest],
         writes: list[UserWrite],
         signals: Signals,
+        served: list[Served],
     ) -> None:
         """The ranking child process: top-K per user, filled into ``writes``."""
         titles = self.engine.catalogue.titles
         started = time.perf_counter()
-        ranked, seconds = await child.rank(signals, requests, self.settings.top_k, titles)
+        ranked, seconds, lists = await child.rank(signals, requests, self.settings.top_k, titles)
         self.stats.seconds["rank_wall"] += time.perf_counter() - started  # with the transfer
         self._fill(writes, ranked, seconds)
+        served += lists
 
     def _fill(self, writes: list[UserWrite], ranked: list[EncodedRecs], seconds: float) -> None:
         for write, recs in zip(writes, ranked, strict=True):
@@ -483,8 +495,10 @@ class EventProcessor:
         writes: list[UserWrite],
         popular: dict[str, float],
         produced_ms: list[float],
+        served: list[Served],
     ) -> _Published:
         await ranked
+        self.engine.served(served)  # on the loop, where apply reads the guard
         if previous is not None:
             with contextlib.suppress(Exception):  # its own batch reports its failure
                 await previous

@@ -5,8 +5,9 @@ the event loop held the GIL about two thirds of the time and ranking, which need
 its numpy calls, took twice its single-threaded time. One child process (spawned: the worker
 has threads, and forking those is unsafe) ranks with its own interpreter. It keeps the large
 signals that change rarely (the catalogue snapshot with its titles, both co-occurrence
-matrices) and receives one again only when the engine built a new object; the small ones
-(popularity, freshness, group popularity, click weights) and the requests go with every batch.
+matrices, the EASE fit) and receives one again only when the engine built a new object; the
+small ones (popularity, freshness, group popularity, click weights) and the requests go with
+every batch.
 Batches reach the child in submission order (one process, one queue), so each sees the large
 signals of its own moment. If the child dies, the batch is ranked on the calling thread and
 the next batch starts a new child. Requests travel packed (:func:`pack`): one array for all
@@ -32,13 +33,15 @@ from typing import Any
 import numpy as np
 
 from state.interest import Vector
-from state.ranking import Ranked, Ranker, RankRequest, Signals
+from state.ranking import Ranked, Ranker, RankRequest, Served, Signals, served_lists
 from state.redis_store import EncodedRecs, encode_recs
 
 log = logging.getLogger(__name__)
 
 #: Signals kept in the child between batches, resent only when the engine replaced them.
-LARGE = ("snapshot", "transition", "transition_long")
+LARGE = ("snapshot", "transition", "transition_long", "ease")
+#: What :class:`RankProcess` records before anything was sent (``None`` is a valid signal).
+_UNSENT = object()
 
 # In the child: the ranker and the newest large signals (with the titles of the snapshot).
 _ranker: Ranker | None = None
@@ -58,6 +61,7 @@ class Packed:
     recent: list[list[tuple[str, float]]]
     categories: list[dict[str, float]]
     groups: list[str]
+    histories: list[list[tuple[str, float]]]
 
 
 def pack(requests: Sequence[RankRequest]) -> Packed:
@@ -73,6 +77,7 @@ def pack(requests: Sequence[RankRequest]) -> Packed:
         [r.recent for r in requests],
         [r.categories for r in requests],
         [r.group for r in requests],
+        [r.history for r in requests],
     )
 
 
@@ -92,6 +97,7 @@ def unpack(packed: Packed) -> list[RankRequest]:
                 interests,
                 packed.categories[b],
                 packed.groups[b],
+                packed.histories[b],
             )
         )
     return out
@@ -121,7 +127,7 @@ def encoded(ranked: Sequence[Ranked]) -> list[EncodedRecs]:
 
 def _rank_in_child(
     large: dict[str, Any], small: dict[str, Any], packed: Packed, k: int
-) -> tuple[list[EncodedRecs], float]:
+) -> tuple[list[EncodedRecs], float, list[Served]]:
     if _ranker is None:
         raise RuntimeError("ranking child not initialised")
     _kept.update(large)
@@ -130,7 +136,7 @@ def _rank_in_child(
     ranked = _ranker.rank(signals, unpack(packed), k, _kept["titles"])
     seconds = time.perf_counter() - started
     # Encoded here, off the worker's GIL: the worker unpickles two byte strings per user.
-    return encoded(ranked), seconds
+    return encoded(ranked), seconds, served_lists(ranked)
 
 
 def _noop() -> None:
@@ -168,7 +174,7 @@ class RankProcess:
         out: dict[str, Any] = {}
         for name in LARGE:
             value = getattr(signals, name)
-            if self._sent.get(name) is not value:
+            if self._sent.get(name, _UNSENT) is not value:
                 out[name] = value
                 self._sent[name] = value
         if "snapshot" in out:
@@ -181,8 +187,9 @@ class RankProcess:
         requests: Sequence[RankRequest],
         k: int,
         titles: dict[str, str],
-    ) -> tuple[list[EncodedRecs], float]:
-        """Top-``k`` per request, encoded for publishing, and the seconds the ranking took."""
+    ) -> tuple[list[EncodedRecs], float, list[Served]]:
+        """Top-``k`` per request, encoded for publishing, the seconds the ranking took and
+        what the guard remembers of it."""
         pool = self._ensure_pool()
         large = self._large(signals, titles)
         small = {f.name: getattr(signals, f.name) for f in fields(Signals) if f.name not in LARGE}
@@ -197,7 +204,7 @@ class RankProcess:
                 log.error("ranking process died; ranking this batch here, a new one follows")
             started = time.perf_counter()
             ranked = await asyncio.to_thread(self.ranker.rank, signals, requests, k, titles)
-            return encoded(ranked), time.perf_counter() - started
+            return encoded(ranked), time.perf_counter() - started, served_lists(ranked)
         except Exception:
             # The child may not hold what ``_large`` recorded as sent: send it all next time.
             # Re-raised: the processor dead-letters the batch with this reason.

@@ -48,7 +48,9 @@ def test_an_interaction_feature_learns_popular_within_the_users_interest() -> No
     model = ClickModel()
     for _ in range(WARMUP_EXAMPLES * 8):
         c, p = rng.random(), rng.random()
-        f = feature_stack(*(np.float32([v]) for v in (c, 0.0, 0.0, p, p, 0.0, 0.0, 0.0, 1.0)))[:, 0]
+        f = feature_stack(*(np.float32([v]) for v in (c, 0.0, 0.0, 0.0, p, p, 0.0, 0.0, 0.0, 1.0)))[
+            :, 0
+        ]
         model.learn_one(dict(zip(FEATURES, f.tolist(), strict=True)), rng.random() < c * p)
     learned = model.weights()
     assert learned is not None
@@ -58,7 +60,7 @@ def test_an_interaction_feature_learns_popular_within_the_users_interest() -> No
     grid = [(0.9, 0.9), (0.9, 0.1), (0.1, 0.9)]
     c, p = (np.float32([g[i] for g in grid]) for i in (0, 1))
     zero = np.zeros(len(grid), dtype=np.float32)
-    feats = feature_stack(c, zero, zero, p, p, zero, zero, zero, zero + 1)
+    feats = feature_stack(c, zero, zero, zero, p, p, zero, zero, zero, zero + 1)
     scores = learned.array() @ feats
     assert scores[0] > scores[1] and scores[0] > scores[2]
 

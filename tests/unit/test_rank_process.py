@@ -50,7 +50,7 @@ async def test_the_child_ranks_exactly_as_the_thread_and_keeps_large_signals(
     engine, requests, child = started
     signals = engine.signals()
     expected = engine.rank_requests(requests, 10, signals)
-    got, seconds = await child.rank(signals, requests, 10, engine.catalogue.titles)
+    got, seconds, _ = await child.rank(signals, requests, 10, engine.catalogue.titles)
     # Encoded for the publish script in the child: what publish_call would make of the thread's.
     assert got == encoded(expected)
     assert seconds > 0 and any(r.why != b"{}" for r in got) and all(r.members for r in got)
@@ -70,10 +70,10 @@ async def test_a_killed_child_is_replaced_and_its_batch_still_ranked(started: St
         os.kill(pid, signal.SIGKILL)
     signals = engine.signals()
     expected = engine.rank_requests(requests, 10, signals)
-    got, _ = await child.rank(signals, requests, 10, engine.catalogue.titles)
+    got, _, _ = await child.rank(signals, requests, 10, engine.catalogue.titles)
     assert got == encoded(expected)
     assert child.restarts == 1
-    again, _ = await child.rank(signals, requests, 10, engine.catalogue.titles)
+    again, _, _ = await child.rank(signals, requests, 10, engine.catalogue.titles)
     assert again == encoded(expected)
     assert child._pool is not None and child._pool is not pool
 
@@ -142,6 +142,6 @@ async def test_a_failed_call_resends_every_large_signal_next_time(started: Start
     child._sent["snapshot"] = signals.snapshot  # as if sent by a batch that then failed
     with pytest.raises(KeyError):
         await child.rank(signals, requests, 10, engine.catalogue.titles)
-    got, _ = await child.rank(signals, requests, 10, engine.catalogue.titles)
+    got, _, _ = await child.rank(signals, requests, 10, engine.catalogue.titles)
     expected = engine.rank_requests(requests, 10, signals)
     assert got == encoded(expected)
