@@ -66,15 +66,15 @@ class EaseModel:
     def at(
         self, scores: npt.NDArray[np.float32], rows: npt.NDArray[np.intp]
     ) -> npt.NDArray[np.float32]:
-        """``scores`` (from :meth:`scores`) at catalogue ``rows`` (per user: ``rows[b]``)."""
+        """``scores`` (from :meth:`scores`) at catalogue ``rows``, ``(users, c)``: per user
+        ``b`` its rows ``rows[b]``; rows the fit does not cover score 0."""
         n = len(self.position)
-        col = np.where((rows >= 0) & (rows < n), self.position[np.clip(rows, 0, max(n - 1, 0))], -1)
-        if scores.shape[1] == 0:
+        if scores.shape[1] == 0 or n == 0:
             return np.zeros(rows.shape, dtype=np.float32)
-        got = np.take_along_axis(scores, np.maximum(col, 0).reshape(len(scores), -1), axis=1)
-        return (
-            np.where(col.reshape(got.shape) >= 0, got, 0.0).reshape(rows.shape).astype(np.float32)
-        )
+        valid = (rows >= 0) & (rows < n)
+        col = np.where(valid, self.position[np.clip(rows, 0, n - 1)], -1)
+        got = np.take_along_axis(scores, np.maximum(col, 0), axis=1)
+        return np.where(col >= 0, got, 0.0).astype(np.float32)
 
 
 def user_items(engaged: list[tuple[int, float]]) -> list[tuple[int, float]]:
@@ -118,12 +118,10 @@ class EaseLearner:
         self.model: EaseModel | None = None
         self.since_fit = 0
 
-    def observe(
-        self, previous: list[tuple[int, float]], row: int, value: float, ts_ms: int
-    ) -> None:
-        """Count an engagement with ``row`` after the user's ``previous`` engaged items."""
-        self.pairs.observe([r for r, _ in previous[:HISTORY]], row, ts_ms)
-        self.counts.add(row, value, ts_ms)
+    def observe(self, previous: list[int], row: int, ts_ms: int) -> None:
+        """Count an engagement with ``row`` after the user's ``previous`` engaged rows."""
+        self.pairs.observe(previous[:HISTORY], row, ts_ms)
+        self.counts.add(row, 1.0, ts_ms)
         self.since_fit += 1
 
     @property

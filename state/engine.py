@@ -185,7 +185,10 @@ class Engine:
         self._ensure_version(state)
         history = state.engaged(HISTORY)
         engaged = history[:RECENT_ITEMS]
-        recent = [self.catalogue.row(h.item_id) for h in engaged]
+        # Catalogue rows of the engaged items: EASE pairs all, co-occurrence the newest few.
+        rows = [self.catalogue.row(h.item_id) for h in history]
+        recent = rows[:RECENT_ITEMS]
+        history_rows = [r for r in rows if r is not None]
         item_vec = self.catalogue.vector(event.item_id) if event.item_id else None
         if item_vec is not None:
             self._learn_before(state, engaged, event)
@@ -216,7 +219,7 @@ class Engine:
                     self.cooccurrence.observe(previous, row, event.ts_ms)
                     self.cooccurrence_long.observe(previous, row, event.ts_ms)
                     if self.ease is not None:
-                        self._observe_ease(history, row, event.ts_ms)
+                        self._observe_ease(history_rows, row, event.ts_ms)
         if state.pending:
             resolve_pending(
                 state,
@@ -237,10 +240,9 @@ class Engine:
             self._learn_click(state, engaged, event)
             self.learn_seconds += time.perf_counter() - started
 
-    def _observe_ease(self, history: list[HistoryEntry], row: int, ts_ms: int) -> None:
+    def _observe_ease(self, previous: list[int], row: int, ts_ms: int) -> None:
         assert self.ease is not None  # noqa: S101 - the caller checked
-        rows = [(self.catalogue.row(h.item_id), h.weight) for h in history]
-        self.ease.observe([(r, w) for r, w in rows if r is not None], row, 1.0, ts_ms)
+        self.ease.observe(previous, row, ts_ms)
         if self.ease_inline and self.ease.due:
             self.ease.refit(len(self.catalogue.snapshot()))
 
@@ -254,15 +256,16 @@ class Engine:
     def request(self, user_id: str, state: UserState) -> RankRequest:
         """What ranking needs from ``state``."""
         self._ensure_version(state)
+        history = state.engaged(HISTORY)
         return RankRequest(
             user_id=user_id,
             vec=normalised(state.vec),
             exclude=state.consumed(),
-            recent=recency_weighted(state.engaged(RECENT_ITEMS)),
+            recent=recency_weighted(history[:RECENT_ITEMS]),
             interests=self._active(state),
             categories=self._category_shares(state),
             group=state.group,
-            history=[(h.item_id, h.weight) for h in state.engaged(HISTORY)],
+            history=[(h.item_id, h.weight) for h in history],
         )
 
     def _category_shares(self, state: UserState) -> dict[str, float]:

@@ -417,7 +417,6 @@ class Ranker:
             else self._rerank(signals, w, rows, pool, sims, cf, affinity, groups, pool_score)
             for w in (signals.weights, signals.alternative)
         )
-        learned = served
         if signals.alternative is None and signals.weights is not None:
             alternative = np.full((batch, 0), -1, dtype=np.intp)
         else:
@@ -427,10 +426,10 @@ class Ranker:
                 np.take_along_axis(rows, np.take_along_axis(pool, top, axis=1), axis=1),
                 -1,
             )
-        pick = np.argsort(-learned, axis=1, kind="stable")[:, :m]
+        pick = np.argsort(-served, axis=1, kind="stable")[:, :m]
         head, head_score = (
             np.take_along_axis(pool, pick, axis=1),
-            np.take_along_axis(learned, pick, axis=1),
+            np.take_along_axis(served, pick, axis=1),
         )
         taken = np.zeros(rows.shape, dtype=np.bool_)
         taken[users, head] = True

@@ -26,10 +26,10 @@ def test_learner_pairs_items_read_together_and_covers_the_most_engaged() -> None
     ts = 0
     for _ in range(20):  # users read 0 then 1, or 2 then 3; item 4 once, item 5 never
         for a, b in ((0, 1), (2, 3)):
-            learner.observe([], a, 1.0, ts)
-            learner.observe([(a, 1.0)], b, 1.0, ts)
+            learner.observe([], a, ts)
+            learner.observe([a], b, ts)
             ts += 1
-    learner.observe([], 4, 1.0, ts)
+    learner.observe([], 4, ts)
     model = learner.refit(6)
     assert sorted(model.rows.tolist()) == [0, 1, 2, 3]  # the four most engaged
     scores = model.scores([user_items([(0, 1.0)])])
