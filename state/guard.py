@@ -33,6 +33,8 @@ MIN_COMPARED: Final = 300
 MARGIN: Final = 0.05
 #: Each comparison weighs this much in the decayed means (~ the last 2,000 count).
 ALPHA: Final = 1.0 / 2000
+#: The counts of a verdict (:meth:`RankingGuard.verdict`).
+VERDICT_COUNTS: Final = ("serving", "compared", "switches")
 #: Users whose last two lists are remembered (the oldest forgotten first).
 REMEMBERED: Final = 100_000
 
@@ -93,6 +95,27 @@ class RankingGuard:
         ):
             self.serving = other
             self.switches += 1
+
+    def verdict(self) -> dict[str, float]:
+        """What a restart keeps (the remembered lists are minutes old and are not kept)."""
+        return {
+            "serving": self.serving,
+            "compared": self.compared,
+            "switches": self.switches,
+            "learned": self.means[0],
+            "collaborative": self.means[1],
+        }
+
+    def resume(self, verdict: dict[str, float]) -> None:
+        """Continue from a :meth:`verdict`; ``ValueError`` if it is not one."""
+        try:
+            serving, compared, switches = (int(verdict[k]) for k in VERDICT_COUNTS)
+            means = [float(verdict["learned"]), float(verdict["collaborative"])]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a ranking-guard verdict: {exc!r}") from exc
+        if serving not in (0, 1) or compared < 0 or not all(math.isfinite(m) for m in means):
+            raise ValueError(f"not a ranking-guard verdict: {verdict!r}")
+        self.serving, self.compared, self.switches, self.means = serving, compared, switches, means
 
     def metrics(self) -> dict[str, float]:
         return {

@@ -290,7 +290,7 @@ class StreamrecApp:
             )
             self.groups.start()
         if engine.ease is not None:
-            self.ease_refit = EaseRefit(engine, self.stats)
+            self.ease_refit = EaseRefit(engine, self.stats, settings.ease_refit_s)
             self.ease_refit.start()
         if engine.click is not None:
             if restore(engine, settings.data_dir):
@@ -417,6 +417,8 @@ class StreamrecApp:
                     figures["catalogue_items"] = len(engine.catalogue)
                     if engine.click is not None:
                         figures.update(engine.click.metrics())
+                    if engine.guard is not None:
+                        figures.update(engine.guard.metrics())
                 return self_view.json(figures)
 
         @app.page("/stats/reset")

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: A replica's weights older than this (it stopped) no longer count.
 STALE_S = 300.0
+#: The ranking guard's verdict (state/guard.py), next to the click model's checkpoint.
+GUARD_FILE = "ranking-guard.json"
 
 
 def _key(data_dir: Path) -> bytes:
@@ -45,7 +47,14 @@ def _key(data_dir: Path) -> bytes:
 
 
 def restore(engine: Engine, data_dir: Path) -> bool:
-    """Load the checkpointed click model into ``engine``; return whether there was one."""
+    """Load the checkpointed click model (and the ranking guard's verdict, a plain JSON file)
+    into ``engine``; return whether there was a model."""
+    guard_path = data_dir / GUARD_FILE
+    if engine.guard is not None and guard_path.exists():
+        try:
+            engine.guard.resume(orjson.loads(guard_path.read_bytes()))
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            log.error("%s: %s; the ranking guard starts afresh", guard_path, exc)
     path = data_dir / "click-model.ckpt"
     if engine.click is None or not path.exists():
         return False
@@ -118,6 +127,9 @@ class ClickSync(Periodic):
             return
         payload = click.to_bytes(self._key)
         await asyncio.to_thread(_write_atomic, self.data_dir / "click-model.ckpt", payload)
+        if self.engine.guard is not None:
+            verdict = orjson.dumps(self.engine.guard.verdict())
+            await asyncio.to_thread(_write_atomic, self.data_dir / GUARD_FILE, verdict)
 
     async def sync_once(self) -> FeatureWeights | None:
         """Publish this worker's weights, adopt the mean over all replicas; return it."""

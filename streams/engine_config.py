@@ -19,4 +19,6 @@ def engine_config(settings: Settings) -> EngineConfig:
         ),
         max_interests=settings.max_interests,
         click_model=settings.click_model,
+        ease=settings.ease,
+        ease_max_items=settings.ease_max_items,
     )

@@ -58,7 +58,8 @@ class Stats:
 
     counters: Counter[str] = field(default_factory=Counter)
     #: Wall seconds per stage (apply, changelog, rank, publish, and the learners' share:
-    #: learn_click within apply, learn_groups), the ranking child's round trips (rank_wall)
+    #: learn_click within apply, learn_groups, ease_gram on the loop and ease_fit on a
+    #: thread), the ranking child's round trips (rank_wall)
     #: and the event loop's waits for a free pipeline slot (wait_in_flight); pauses: the
     #: garbage collector's (gc) and the loop's stalls over 100 ms (loop_stall).
     seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))

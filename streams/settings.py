@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     #: ``feedback`` topic to other consumers alone (e.g. a future fine-tune job).
     feedback_agent: bool = True
     click_sync_s: float = Field(5.0, gt=0)
+    #: The EASE item-to-item model (state/ease.py): candidates and a click-model feature.
+    ease: bool = True
+    #: Items an EASE fit covers (the most engaged); a fit is cubic in it (~0.5 s at 2,000).
+    ease_max_items: int = Field(2000, ge=1, le=20_000)
+    #: Fewest seconds between a worker's EASE refits (streams/ease_refit.py).
+    ease_refit_s: float = Field(10.0, gt=0)
     #: Seconds between the worker's full garbage collections (streams/gc_policy.py).
     full_gc_s: float = Field(300.0, gt=0)
     weight_content: float = 1.0

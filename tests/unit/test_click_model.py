@@ -114,11 +114,21 @@ async def test_a_checkpoint_written_by_the_sync_is_what_a_restart_resumes_from(
     assert engine.click is not None
     for j in range(WARMUP_EXAMPLES):
         engine.click.learn_pair({"collab": 1.0, "content": j % 3}, {"collab": 0.0})
+    assert engine.guard is not None
+    engine.guard.serving, engine.guard.compared = 1, 700  # the guard chose the fixed order
     await ClickSync(cast(Any, None), engine, tmp_path, 1.0).checkpoint()
     restarted = Engine(Catalogue(4, "v1"))
     assert restore(restarted, tmp_path)
     assert restarted.click is not None and restarted.click.weights() == engine.click.weights()
-    assert _names(tmp_path) == ["click-model.ckpt", "click-model.key"]  # no .tmp left
+    assert restarted.guard is not None and restarted.guard.verdict() == engine.guard.verdict()
+    assert _names(tmp_path) == ["click-model.ckpt", "click-model.key", "ranking-guard.json"]
+
+
+def test_a_damaged_guard_verdict_is_refused_and_the_guard_starts_afresh(tmp_path: Path) -> None:
+    (tmp_path / "ranking-guard.json").write_text('{"serving": 7}')
+    engine = Engine(Catalogue(4, "v1"))
+    assert not restore(engine, tmp_path)  # no model checkpoint either
+    assert engine.guard is not None and engine.guard.serving == 0 and engine.guard.compared == 0
 
 
 def _names(directory: Path) -> list[str]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from state.ease import EaseLearner, fit, user_items
 from state.engine import Engine, EngineConfig, Interaction
 from state.features import FeatureWeights
+from streams.ease_refit import EaseRefit
+from streams.processor import Stats
 from tests.unit.test_ranking import T0, _engine
 
 
@@ -61,3 +64,39 @@ def test_engine_refits_and_ranking_takes_ease_candidates() -> None:
     engine.shared_weights = FeatureWeights.of({"ease": 1.0})
     [ranked] = engine.rank([("new", newcomer)], k=10)
     assert ranked.items[0][0] == "t3-7"
+
+
+async def test_the_worker_refits_on_a_thread_at_most_once_per_interval() -> None:
+    engine, _ = _engine()
+    assert engine.ease is not None
+    stats = Stats()
+    job = EaseRefit(engine, stats, min_interval_s=3600.0)
+    assert not engine.ease_inline  # the worker's job fits, not apply
+    rows = list(range(len(engine.catalogue.snapshot())))
+    for n in range(engine.ease.refit_every):
+        engine.ease.observe(rows[: n % 3], rows[n % 4], T0 + n)
+    await job.tick()
+    assert stats.counters["ease_refits"] == 1 and engine.ease.model is not None
+    for n in range(engine.ease.refit_every):
+        engine.ease.observe(rows[:1], rows[2], T0 + n)
+    assert engine.ease.due
+    await job.tick()  # due, but the last fit is under an hour old
+    assert stats.counters["ease_refits"] == 1 and engine.ease.due
+
+
+async def test_a_failed_refit_is_counted_and_the_old_fit_keeps_serving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine, _ = _engine()
+    assert engine.ease is not None
+    old = engine.ease.model
+    engine.ease.since_fit = engine.ease.refit_every
+
+    def singular(*_: object) -> None:
+        raise np.linalg.LinAlgError("Singular matrix")
+
+    monkeypatch.setattr("streams.ease_refit.fit", singular)
+    stats = Stats()
+    await EaseRefit(engine, stats, min_interval_s=0.0).tick()
+    assert stats.counters["ease_refit_errors"] == 1 and stats.counters["ease_refits"] == 0
+    assert engine.ease.model is old
