@@ -118,7 +118,7 @@ def collab_scores(
         (np.asarray(data, dtype=np.float32), np.asarray(indices, dtype=np.int32), indptr),
         shape=(len(recent), n),
     )
-    out: sp.csr_matrix = sp.csr_matrix(users @ transition)
+    out: sp.csr_matrix = users @ transition  # csr times csr: csr (no wrapping copy)
     out.sort_indices()  # once, here: ranking's lookups need sorted columns
     # Row maxima straight from the entries (scipy's ``max(axis=1)`` first sorted and summed
     # duplicates again: ~6% of ranking); implicit zeros count, as there.

@@ -23,6 +23,7 @@ import numpy.typing as npt
 import scipy.linalg  # type: ignore[import-untyped]
 import scipy.sparse as sp  # type: ignore[import-untyped]
 
+from state.arrays import along
 from state.cooccurrence import CoOccurrence
 from state.popularity import Popularity
 
@@ -74,7 +75,7 @@ class EaseModel:
             return np.zeros(rows.shape, dtype=np.float32)
         valid = (rows >= 0) & (rows < n)
         col = np.where(valid, self.position[np.clip(rows, 0, n - 1)], -1)
-        got = np.take_along_axis(scores, np.maximum(col, 0), axis=1)
+        got = along(scores, np.maximum(col, 0))
         return np.where(col >= 0, got, 0.0).astype(np.float32)
 
 

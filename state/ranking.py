@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp  # type: ignore[import-untyped]
 
+from state.arrays import along
 from state.catalogue import CatalogueSnapshot
 from state.cooccurrence import collab_scores
 from state.ease import EaseModel, user_items
@@ -80,9 +81,9 @@ class ExactIndex:
         sims = queries @ snapshot.matrix.T
         # The other sources' candidates read the product already made (gathering their rows
         # for an einsum was 4% of ranking).
-        also_sims = np.where(
-            also >= 0, np.take_along_axis(sims, np.clip(also, 0, n - 1), axis=1), 0.0
-        ).astype(np.float32, copy=False)
+        also_sims = np.where(also >= 0, along(sims, np.clip(also, 0, n - 1)), 0.0).astype(
+            np.float32, copy=False
+        )
         if snapshot.removed:
             sims[:, ~snapshot.active] = -np.inf
         sims[exclude] = -np.inf
@@ -93,7 +94,7 @@ class ExactIndex:
             if k < n
             else np.tile(np.arange(n), (b, 1))
         )
-        return rows.astype(np.intp), np.take_along_axis(sims, rows, axis=1), also_sims
+        return rows.astype(np.intp), along(sims, rows), also_sims
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +281,7 @@ class Ranker:
         collab_long = collab_scores(signals.transition_long, recent_rows, n)
         # The blend's collaborative term (and its candidates) averages the two time scales;
         # the click model weighs them apart.
-        blended = sp.csr_matrix(0.5 * (collab + collab_long))
+        blended: sp.csr_matrix = (collab + collab_long) * np.float32(0.5)
         pop = signals.popularity
         rows_x = self._extra_rows(blended, signals.top_popular, batch)
         ease = signals.ease
@@ -297,7 +298,7 @@ class Ranker:
             rows_x = np.concatenate(
                 [
                     rows_x,
-                    np.where(np.take_along_axis(ease_scores, top, axis=1) > 0, ease.rows[top], -1),
+                    np.where(along(ease_scores, top) > 0, ease.rows[top], -1),
                 ],
                 axis=1,
             )
@@ -331,10 +332,10 @@ class Ranker:
             # Extras may name consumed items: mask them with a per-batch lookup table.
             dense = np.zeros((batch, n), dtype=np.bool_)
             dense[exclude] = True
-            score[np.take_along_axis(dense, safe, axis=1)] = -np.inf
+            score[along(dense, safe)] = -np.inf
         k = min(k, score.shape[1])
         best = np.argpartition(-score, k - 1, axis=1)[:, :k]
-        top_score = np.take_along_axis(score, best, axis=1)
+        top_score = along(score, best)
         m = min(self.rerank_depth, k)
         alternative = np.full((batch, 0), -1, dtype=np.intp)
         if (signals.weights is not None or signals.alternative is not None) and m > 0:
@@ -342,9 +343,9 @@ class Ranker:
                 signals, requests, rows, best, score, sims, (cf, cf_long, ez), pop[safe], m
             )
         order = np.argsort(-top_score, axis=1, kind="stable")
-        best = np.take_along_axis(best, order, axis=1)
-        top_score = np.take_along_axis(top_score, order, axis=1)
-        chosen = np.take_along_axis(rows, best, axis=1)
+        best = along(best, order)
+        top_score = along(top_score, order)
+        chosen = along(rows, best)
         strongest = np.argmax(
             np.take_along_axis(parts, np.broadcast_to(best, parts.shape[:1] + best.shape), axis=2),
             axis=0,
@@ -383,10 +384,10 @@ class Ranker:
         """
         batch, k = best.shape
         cf_blend = 0.5 * (cf[0] + cf[1])
-        top_score = np.take_along_axis(score, best, axis=1)
+        top_score = along(score, best)
         order = np.argsort(-top_score, axis=1, kind="stable")
-        best = np.take_along_axis(best, order, axis=1)
-        top_score = np.take_along_axis(top_score, order, axis=1)
+        best = along(best, order)
+        top_score = along(top_score, order)
         users = np.arange(batch)[:, None]
         valid = np.isfinite(score)
         # Extras come from the categories the user reads (all of them for a user without any):
@@ -402,13 +403,13 @@ class Ranker:
         columns = [_top_columns(v, self.extra) for v in sources]
         extra = np.concatenate(columns, axis=1)
         # A user with fewer eligible candidates than places gets padding columns: never picked.
-        picked = [np.take_along_axis(v, c, axis=1) for v, c in zip(sources, columns, strict=True)]
+        picked = [along(v, c) for v, c in zip(sources, columns, strict=True)]
         eligible = np.isfinite(np.concatenate(picked, axis=1))
         pool = np.concatenate([best[:, :m], extra], axis=1)
         in_head = np.zeros(rows.shape, dtype=np.bool_)
         in_head[users, best[:, :m]] = True
-        pool_score = np.take_along_axis(score, pool, axis=1)
-        pool_score[:, m:][np.take_along_axis(in_head, extra, axis=1) | ~eligible] = -np.inf
+        pool_score = along(score, pool)
+        pool_score[:, m:][along(in_head, extra) | ~eligible] = -np.inf
         _mask_duplicates(pool, pool_score)
         groups = group_rows(signals, [r.group for r in requests])
         served, other = (
@@ -422,23 +423,21 @@ class Ranker:
         else:
             top = np.argsort(-other, axis=1, kind="stable")[:, :DEPTH]
             alternative = np.where(
-                np.isfinite(np.take_along_axis(other, top, axis=1)),
-                np.take_along_axis(rows, np.take_along_axis(pool, top, axis=1), axis=1),
+                np.isfinite(along(other, top)),
+                along(rows, along(pool, top)),
                 -1,
             )
         pick = np.argsort(-served, axis=1, kind="stable")[:, :m]
         head, head_score = (
-            np.take_along_axis(pool, pick, axis=1),
-            np.take_along_axis(served, pick, axis=1),
+            along(pool, pick),
+            along(served, pick),
         )
         taken = np.zeros(rows.shape, dtype=np.bool_)
         taken[users, head] = True
-        rest = np.argsort(np.take_along_axis(taken, best, axis=1), axis=1, kind="stable")[
-            :, : k - m
-        ]
+        rest = np.argsort(along(taken, best), axis=1, kind="stable")[:, : k - m]
         tail, tail_score = (
-            np.take_along_axis(best, rest, axis=1),
-            np.take_along_axis(top_score, rest, axis=1),
+            along(best, rest),
+            along(top_score, rest),
         )
         return (
             np.concatenate([head, tail], axis=1),
@@ -464,15 +463,15 @@ class Ranker:
         share of the category) are per candidate (``rows``' shape); ``groups`` is each user's
         row of ``signals.group_popular``, ``(b, 1)``; ``best`` picks the columns to score.
         """
-        chosen = np.maximum(np.take_along_axis(rows, best, axis=1), 0)
+        chosen = np.maximum(along(rows, best), 0)
         feats = feature_stack(
-            np.take_along_axis(sims, best, axis=1),
-            np.take_along_axis(cf[0], best, axis=1),
-            np.take_along_axis(cf[1], best, axis=1),
-            np.take_along_axis(cf[2], best, axis=1),
+            along(sims, best),
+            along(cf[0], best),
+            along(cf[1], best),
+            along(cf[2], best),
             signals.popularity[chosen],
             signals.popularity_long[chosen],
-            np.take_along_axis(affinity, best, axis=1),
+            along(affinity, best),
             signals.fresh[chosen],
             signals.group_popular[groups, chosen],
             np.ones(chosen.shape, dtype=np.float32),  # every candidate as if at the top
@@ -502,7 +501,7 @@ class Ranker:
         all_valid = cast(list[bool], valid.all(axis=1).tolist())
         # Object-array gathers turn rows into ids and reason strings in C, not per item.
         picked_l = snapshot.id_array[np.maximum(chosen, 0)].tolist()
-        why_l = np.take_along_axis(_reasons(recent_rows, snapshot, titles), reason, axis=1).tolist()
+        why_l = along(_reasons(recent_rows, snapshot, titles), reason).tolist()
         scores_l = top_score.tolist()
         out: list[Ranked] = []
         for b, request in enumerate(requests):
@@ -627,7 +626,7 @@ def _gather(matrix: sp.csr_matrix, users: IndexMatrix, rows: IndexMatrix) -> Flo
 def _mask_duplicates(rows: IndexMatrix, score: FloatMatrix) -> None:
     """Keep one copy of a row that several candidate sources proposed (in place)."""
     order = np.argsort(rows, axis=1, kind="stable")
-    sorted_rows = np.take_along_axis(rows, order, axis=1)
+    sorted_rows = along(rows, order)
     dup = np.zeros_like(rows, dtype=np.bool_)
     dup[:, 1:] = sorted_rows[:, 1:] == sorted_rows[:, :-1]
     positions = order[dup]

@@ -264,6 +264,12 @@ def bench(
     type=click.IntRange(1),
     help="events sent through Kafka with --through-kafka (each waits for the worker)",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="processes to split the methods over  [default: one per core]",
+)
 def eval_(
     source: str,
     methods: str,
@@ -274,6 +280,7 @@ def eval_(
     seed: int,
     through_kafka: bool,
     kafka_events: int,
+    jobs: int | None,
 ) -> None:
     """Prequential (test-then-train) evaluation of SOURCE against baselines.
 
@@ -298,7 +305,8 @@ def eval_(
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
     options = EvalOptions(depth=depth, windows=windows)
-    result = run_eval(replay, settings, picked, options, progress=not as_json, seed=seed)
+    jobs = jobs or len(os.sched_getaffinity(0))
+    result = run_eval(replay, settings, picked, options, not as_json, seed, jobs)
     if through_kafka:
         from streams.eval_kafka import replay_through_kafka
 
