@@ -268,7 +268,7 @@ def bench(
     "--jobs",
     type=click.IntRange(1, 64),
     default=None,
-    help="processes to split the methods over  [default: one per core]",
+    help="processes to split the methods over  [default: one per core from 20,000 events]",
 )
 def eval_(
     source: str,
@@ -305,7 +305,8 @@ def eval_(
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
     options = EvalOptions(depth=depth, windows=windows)
-    jobs = jobs or len(os.sched_getaffinity(0))
+    if jobs is None:  # a process costs seconds to start: worth it on long replays only
+        jobs = len(os.sched_getaffinity(0)) if replay.n_events >= 20_000 else 1
     result = run_eval(replay, settings, picked, options, not as_json, seed, jobs)
     if through_kafka:
         from streams.eval_kafka import replay_through_kafka

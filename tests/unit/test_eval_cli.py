@@ -9,7 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from state.datasets import load_jsonl_dir
+from state.evaluation import EvalOptions
 from streams.cli import main
+from streams.evaluate import run_eval
+from streams.settings import Settings
 from streams.synthetic import planted_stream, write_replay
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -77,3 +80,20 @@ def test_planted_stream_has_drift_cold_start_and_impressions(tmp_path: Path) -> 
     assert late and max(set(late), key=late.count) in stream.after_drift[drifter]
     replay = load_jsonl_dir(write_replay(stream, tmp_path / "replay"))
     assert replay.has_impressions and replay.users[drifter] == {"segment": "drifting"}
+
+
+def test_methods_split_over_processes_score_as_in_one(data_dir: Path, tmp_path: Path) -> None:
+    stream = planted_stream(n_items=80, n_users=40, n_events=1500, seed=5)
+    replay = load_jsonl_dir(write_replay(stream, tmp_path / "replay"))
+    methods = ["popularity", "content", "cooccurrence", "streamrec", "streamrec-no-click"]
+    settings, options = Settings(), EvalOptions(windows=2)
+    one = run_eval(replay, settings, methods, options, progress=False, jobs=1)
+    two = run_eval(replay, settings, methods, options, progress=False, jobs=2)
+    assert list(two.methods) == methods  # the order asked for, whichever process ran it
+    for name in methods:
+        ours, theirs = one.methods[name], two.methods[name]
+        assert {k: v for k, v in ours.metrics.items() if k != "seconds"} == {
+            k: v for k, v in theirs.metrics.items() if k != "seconds"
+        }, name
+        assert ours.windows == theirs.windows and (ours.exposure == theirs.exposure).all()
+    assert (two.n_tests, two.window_starts_ms) == (one.n_tests, one.window_starts_ms)
