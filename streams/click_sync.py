@@ -66,10 +66,11 @@ def restore(engine: Engine, data_dir: Path) -> bool:
     return True
 
 
-def _write_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(payload)
-    tmp.replace(path)  # atomic: a crash never leaves half a checkpoint
+def _write_all(files: dict[Path, bytes]) -> None:
+    for path, payload in files.items():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(payload)
+        tmp.replace(path)  # atomic: a crash never leaves half a checkpoint
 
 
 class ClickSync(Periodic):
@@ -125,11 +126,10 @@ class ClickSync(Periodic):
         click = self.engine.click
         if click is None:
             return
-        payload = click.to_bytes(self._key)
-        await asyncio.to_thread(_write_atomic, self.data_dir / "click-model.ckpt", payload)
+        files = {self.data_dir / "click-model.ckpt": click.to_bytes(self._key)}
         if self.engine.guard is not None:
-            verdict = orjson.dumps(self.engine.guard.verdict())
-            await asyncio.to_thread(_write_atomic, self.data_dir / GUARD_FILE, verdict)
+            files[self.data_dir / GUARD_FILE] = orjson.dumps(self.engine.guard.verdict())
+        await asyncio.to_thread(_write_all, files)
 
     async def sync_once(self) -> FeatureWeights | None:
         """Publish this worker's weights, adopt the mean over all replicas; return it."""

@@ -2,7 +2,7 @@
 
 A refit is due after ``refit_every`` engaged events (:class:`state.ease.EaseLearner`) and at
 most once per ``min_interval_s``: at thousands of events a second the count alone would refit
-every second, and each fit is a cubic inversion that takes a core for ~0.5 s. The Gram snapshot
+every second, and each fit is a cubic inversion that takes a core for ~0.2 s. The Gram snapshot
 is taken on the event loop (a sparse slice, milliseconds; counted apart as ``ease_gram``); the
 inversion runs on a thread (LAPACK releases the GIL) and the new fit replaces the old one in one
 assignment, so ranking always reads a whole model. A failed fit is logged and the old model

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import multiprocessing
 import queue
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Final
@@ -135,8 +135,6 @@ def run_eval(
     config = engine_config(settings)
     groups = job_groups(methods, jobs)
     if len(groups) == 1:
-        catalogue = build_catalogue(replay.items, vectors, version)
-        recommenders = make_methods(methods, catalogue, config, seed)
         with tqdm(
             total=replay.n_events, unit="ev", desc=f"replay {replay.name}", disable=not progress
         ) as bar:
@@ -144,7 +142,7 @@ def run_eval(
             def advance(n: int) -> None:
                 bar.update(n)
 
-            return evaluate(replay, catalogue, recommenders, options, advance)
+            return _replay(replay, vectors, version, methods, config, seed, options, advance)
     spawn = multiprocessing.get_context("spawn")  # no forked copy of torch's threads
     with (
         spawn.Manager() as manager,
@@ -180,8 +178,6 @@ def _replay_group(
     done: queue.Queue[int],
 ) -> EvalResult:
     """One process's share of :func:`run_eval`; reports progress every 1,000 events."""
-    catalogue = build_catalogue(replay.items, vectors, version)
-    recommenders = make_methods(methods, catalogue, config, seed)
     pending = [0]
 
     def advance(n: int) -> None:
@@ -190,9 +186,25 @@ def _replay_group(
             done.put(pending[0])
             pending[0] = 0
 
-    result = evaluate(replay, catalogue, recommenders, options, advance)
+    result = _replay(replay, vectors, version, methods, config, seed, options, advance)
     done.put(pending[0])
     return result
+
+
+def _replay(
+    replay: Replay,
+    vectors: npt.NDArray[np.float32],
+    version: str,
+    methods: Sequence[str],
+    config: EngineConfig,
+    seed: int,
+    options: EvalOptions,
+    advance: Callable[[int], None],
+) -> EvalResult:
+    """Fresh ``methods`` over the replay's catalogue, replayed test-then-train."""
+    catalogue = build_catalogue(replay.items, vectors, version)
+    recommenders = make_methods(methods, catalogue, config, seed)
+    return evaluate(replay, catalogue, recommenders, options, advance)
 
 
 def format_table(result: EvalResult) -> str:
